@@ -1,0 +1,103 @@
+//! Per-CPU counters kept by the XDP program.
+//!
+//! Every exit path of the program bumps exactly one [`ExitReason`] slot of the
+//! `EXIT_STATS` per-CPU array, so the sum over all reasons equals the number of packets
+//! the program has seen.
+
+/// Why the XDP program returned the verdict it did. The discriminant is the index into
+/// the `EXIT_STATS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExitReason {
+    /// Not IPv4/IPv6 (ARP, LLDP, ...): XDP_PASS.
+    PassNotIp = 0,
+    /// IP traffic that is not addressed to a configured VIP: XDP_PASS.
+    PassNotVip = 1,
+    /// An IPv4 fragment to a VIP: XDP_PASS (the stack reassembles; see docs).
+    PassFragment = 2,
+    /// An IPv6 packet with extension headers to a VIP: XDP_PASS.
+    PassIpv6Ext = 3,
+    /// Encapsulated traffic that is not for this node and a VIP: XDP_PASS untouched.
+    PassEncapOther = 4,
+    /// A truncated or malformed packet addressed to a VIP: XDP_DROP.
+    DropMalformed = 5,
+    /// The flow's gateway is this node: XDP_PASS into the local stack.
+    Local = 6,
+    /// Encapsulated towards another gateway node: XDP_TX.
+    Tx = 7,
+    /// An encapsulated packet for this node had its outer header stripped: XDP_PASS.
+    Decap = 8,
+    /// An ICMP error quoting a VIP flow forwarded to that flow's gateway: XDP_TX.
+    IcmpForwarded = 9,
+    /// The VIP has no usable gateway (empty ring): XDP_DROP.
+    DropNoGateway = 10,
+    /// A helper call failed (adjust_head, map update): XDP_ABORTED.
+    Aborted = 11,
+}
+
+impl ExitReason {
+    /// Number of reasons; the size of the `EXIT_STATS` array.
+    pub const COUNT: u32 = 12;
+
+    /// All reasons, in index order.
+    pub const ALL: [ExitReason; Self::COUNT as usize] = [
+        ExitReason::PassNotIp,
+        ExitReason::PassNotVip,
+        ExitReason::PassFragment,
+        ExitReason::PassIpv6Ext,
+        ExitReason::PassEncapOther,
+        ExitReason::DropMalformed,
+        ExitReason::Local,
+        ExitReason::Tx,
+        ExitReason::Decap,
+        ExitReason::IcmpForwarded,
+        ExitReason::DropNoGateway,
+        ExitReason::Aborted,
+    ];
+
+    /// Stable snake_case name, used as a metric label.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ExitReason::PassNotIp => "pass_not_ip",
+            ExitReason::PassNotVip => "pass_not_vip",
+            ExitReason::PassFragment => "pass_fragment",
+            ExitReason::PassIpv6Ext => "pass_ipv6_ext",
+            ExitReason::PassEncapOther => "pass_encap_other",
+            ExitReason::DropMalformed => "drop_malformed",
+            ExitReason::Local => "local",
+            ExitReason::Tx => "tx",
+            ExitReason::Decap => "decap",
+            ExitReason::IcmpForwarded => "icmp_forwarded",
+            ExitReason::DropNoGateway => "drop_no_gateway",
+            ExitReason::Aborted => "aborted",
+        }
+    }
+}
+
+/// A packet and byte counter (one per CPU in a per-CPU map).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatCounter {
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+#[cfg(feature = "user")]
+// SAFETY: two u64 fields, repr(C), no padding, every bit pattern valid.
+unsafe impl aya::Pod for StatCounter {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order_and_names_are_unique() {
+        for (i, r) in ExitReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i);
+        }
+        let mut names: Vec<_> = ExitReason::ALL.iter().map(|r| r.name()).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), ExitReason::COUNT as usize);
+    }
+}

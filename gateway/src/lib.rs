@@ -1,0 +1,1 @@
+//! lb-gateway: the L7 gateway (see issue 5).
