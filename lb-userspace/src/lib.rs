@@ -5,3 +5,4 @@
 //!   touches aya.
 
 pub mod dataplane;
+pub mod vrrp;

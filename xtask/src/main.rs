@@ -1,1 +1,167 @@
-fn main() {}
+//! `cargo xtask`: setup, the test suite, the lab, the demo and the benchmarks.
+//!
+//! xtask must build on a fresh machine before anything is installed, so it depends on no
+//! crate that needs the eBPF toolchain; it drives cargo and the `lb-lab` binary instead.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a CLI reports progress"
+)]
+
+mod bench;
+mod bench_maglev;
+mod setup;
+mod shell;
+
+use std::path::PathBuf;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+/// Project automation for the load-balancer appliance.
+#[derive(Debug, Parser)]
+#[command(about, bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Install every prerequisite (idempotent: a second run only checks).
+    Setup,
+    /// Set up, then run the whole suite: fmt, clippy, unit tests and the privileged
+    /// namespace tests (root; `LB_SKIP_PRIVILEGED=1` skips those, loudly).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the local lab demo.
+    Demo {
+        /// Leave the lab up at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+    /// Build, inspect or remove a lab of network namespaces by hand (root).
+    Lab {
+        #[command(subcommand)]
+        action: LabAction,
+    },
+    /// Benchmarks (never part of the test suite); results go in BENCHMARKS.md.
+    Bench {
+        #[command(subcommand)]
+        which: bench::Bench,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LabAction {
+    /// Build the standard topology and leave it up.
+    Up {
+        #[arg(long, default_value = "lab")]
+        prefix: String,
+        #[arg(long, default_value_t = 3)]
+        nodes: u8,
+        #[arg(long, default_value_t = 2)]
+        backends: u8,
+    },
+    /// Remove a lab and everything in it.
+    Down {
+        #[arg(long, default_value = "lab")]
+        prefix: String,
+    },
+    /// Show a lab.
+    Status {
+        #[arg(long, default_value = "lab")]
+        prefix: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root()?;
+    std::env::set_current_dir(&root).with_context(|| format!("cd {}", root.display()))?;
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test { args } => test(&args),
+        Command::Demo { keep } => {
+            setup::run()?;
+            shell::cargo(&["build", "-p", "lb-userspace", "-p", "lb-tests", "--bins"])?;
+            let mut args = vec!["demo"];
+            if keep {
+                args.push("--keep");
+            }
+            lab(&args)
+        }
+        Command::Lab { action } => {
+            setup::run()?;
+            match action {
+                LabAction::Up {
+                    prefix,
+                    nodes,
+                    backends,
+                } => lab(&[
+                    "up",
+                    "--prefix",
+                    &prefix,
+                    "--nodes",
+                    &nodes.to_string(),
+                    "--backends",
+                    &backends.to_string(),
+                ]),
+                LabAction::Down { prefix } => lab(&["down", "--prefix", &prefix]),
+                LabAction::Status { prefix } => lab(&["status", "--prefix", &prefix]),
+            }
+        }
+        Command::Bench { which } => bench::run(which),
+    }
+}
+
+fn lab(args: &[&str]) -> anyhow::Result<()> {
+    let mut all = vec!["run", "--quiet", "-p", "lb-tests", "--bin", "lb-lab", "--"];
+    all.extend_from_slice(args);
+    shell::cargo(&all)
+}
+
+fn test(extra: &[String]) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    setup::run()?;
+    shell::step("cargo fmt --check");
+    shell::cargo(&["fmt", "--all", "--", "--check"])?;
+    shell::step("cargo clippy (all targets, warnings are errors)");
+    shell::cargo(&[
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    shell::step("cargo test (unit, integration and privileged namespace tests)");
+    if std::env::var("LB_SKIP_PRIVILEGED").as_deref() == Ok("1") {
+        eprintln!(
+            "\n*** LB_SKIP_PRIVILEGED=1: the privileged namespace tests will be SKIPPED. CI never sets this. ***\n"
+        );
+    }
+    let mut args: Vec<&str> = vec!["test", "--workspace"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    shell::cargo(&args)?;
+    println!(
+        "\nxtask test: all steps passed in {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// The workspace root: xtask's manifest directory's parent.
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    manifest
+        .parent()
+        .map(PathBuf::from)
+        .context("xtask has no parent directory")
+}

@@ -353,6 +353,9 @@ impl Lab {
 
     /// Starts a process inside the host (stdin closed, output inherited unless the
     /// caller's `configure` changes it). The lab kills it on teardown at the latest.
+    ///
+    /// Only the network namespace is entered (`nsenter --net`), unlike `ip netns exec`,
+    /// which also mounts a fresh sysfs and so hides bpffs at /sys/fs/bpf.
     pub fn spawn(
         &self,
         name: &str,
@@ -361,9 +364,11 @@ impl Lab {
         configure: impl FnOnce(&mut Command),
     ) -> Result<Child, LabError> {
         let ns = self.host(name)?.ns.clone();
-        let mut command = Command::new("ip");
+        let mut command = Command::new("nsenter");
         command
-            .args(["netns", "exec", &ns, program])
+            .arg(netns_arg(&ns))
+            .arg("--")
+            .arg(program)
             .args(args)
             .stdin(Stdio::null());
         configure(&mut command);
@@ -376,9 +381,10 @@ impl Lab {
     /// Runs a command inside the host to completion and returns its stdout.
     pub fn exec(&self, name: &str, program: &str, args: &[&str]) -> Result<String, LabError> {
         let ns = self.host(name)?.ns.clone();
-        let mut all = vec!["netns", "exec", ns.as_str(), program];
+        let net = netns_arg(&ns);
+        let mut all = vec![net.as_str(), "--", program];
         all.extend_from_slice(args);
-        cmd::run("ip", &all)
+        cmd::run("nsenter", &all)
     }
 
     /// Cuts the host's link: its switch port goes down, so the host loses carrier.
@@ -528,6 +534,11 @@ pub fn ensure_bpffs() -> Result<(), LabError> {
         None::<&str>,
     )
     .map_err(LabError::MountBpffs)
+}
+
+/// `--net=/var/run/netns/NS` for nsenter.
+fn netns_arg(ns: &str) -> String {
+    format!("--net={}", cmd::netns_path(ns).display())
 }
 
 fn validate_name(name: &str) -> Result<(), ()> {
