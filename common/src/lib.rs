@@ -6,6 +6,8 @@
 //! implement `aya::Pod` so userspace can read and write them in maps.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+#[cfg(feature = "std")]
+pub mod maglev;
 pub mod stats;
 
 pub use stats::{ExitReason, StatCounter};

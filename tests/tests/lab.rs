@@ -180,8 +180,12 @@ fn six_host_lab_comes_up_connects_and_leaves_nothing_behind() {
     assert!(!status.success(), "sleep should have been killed");
 
     // A process left running is killed by the teardown.
-    let _left = lab.spawn("backend2", "sleep", &["600"], |_| {}).unwrap();
+    let mut left = lab.spawn("backend2", "sleep", &["600"], |_| {}).unwrap();
     lab.down().unwrap();
+    assert!(
+        !left.wait().unwrap().success(),
+        "teardown must kill what runs in the lab"
+    );
     assert_nothing_left("lbtsix");
     assert_eq!(root_links(), before, "the root namespace's links changed");
 }
@@ -194,6 +198,10 @@ fn a_panicking_test_leaves_nothing_behind() {
     let result = std::panic::catch_unwind(|| {
         let lab = Lab::up("lbtpanic", topology::standard(2, 1).unwrap()).unwrap();
         assert_eq!(lab.hosts().len(), 4);
+        #[allow(
+            clippy::zombie_processes,
+            reason = "the panic is the point; the lab's teardown kills it"
+        )]
         let _sleeper = lab.spawn("node1", "sleep", &["600"], |_| {}).unwrap();
         panic!("test body fails midway");
     });
