@@ -81,9 +81,13 @@ fn assert_balanced(backends: &[MaglevBackend], table: &[u32], percent_for_all: b
 }
 
 /// Most slots that may move when the set of `n` backends changes by `ideal` of the table.
-fn disruption_bound(n: usize, ideal: f64) -> f64 {
-    let n = n as f64;
-    ideal + (0.1 + 0.01 * n) / n
+///
+/// Maglev is not perfectly minimal: besides the changed backend's own slots, some slots
+/// move between unchanged backends, more so as n/M grows (plain unweighted Maglev moves
+/// about 1.6x the ideal at n = 100, M = 65537, and single sets reach about 2.1x around
+/// n = 44). The bound allows 2.5x the ideal plus 0.5% of the table.
+fn disruption_bound(_n: usize, ideal: f64) -> f64 {
+    2.5 * ideal + 0.005
 }
 
 proptest! {
