@@ -1,0 +1,116 @@
+//! The admin listener (plain HTTP/1.1, meant for localhost or a management network):
+//!
+//! - `GET /health/live`: 200 while the process runs;
+//! - `GET /health/ready`: 200 when serving, 503 while draining;
+//! - `GET /metrics`: Prometheus text format;
+//! - `GET /admin/connections`: `{"active_connections":N,"in_flight_requests":N,"draining":B}`
+//!   (what `lbctl drain --wait` polls);
+//! - `POST /admin/reload`: reloads the config file; 200 `{"status":"reloaded"}` or 400
+//!   `{"status":"rejected","errors":[...]}` with every problem (the old config keeps serving).
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::server::Shared;
+
+/// Serves the admin API until the task is aborted.
+pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
+    loop {
+        let (stream, _) = match socket.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                continue;
+            }
+        };
+        let shared = Arc::clone(&shared);
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = Arc::clone(&shared);
+                async move { Ok::<_, Infallible>(handle(&shared, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, "admin connection error");
+            }
+        });
+    }
+}
+
+fn respond(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut res = Response::new(Full::new(body.into()));
+    *res.status_mut() = status;
+    res.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    res
+}
+
+fn json(status: StatusCode, value: &serde_json::Value) -> Response<Full<Bytes>> {
+    respond(status, "application/json", value.to_string())
+}
+
+async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/health/live") => respond(StatusCode::OK, "text/plain", "live\n"),
+        (&Method::GET, "/health/ready") => {
+            if shared.is_draining() {
+                respond(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            } else {
+                respond(StatusCode::OK, "text/plain", "ready\n")
+            }
+        }
+        (&Method::GET, "/metrics") => match shared.metrics.render() {
+            Ok(text) => respond(StatusCode::OK, "text/plain; version=0.0.4", text),
+            Err(e) => respond(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "text/plain",
+                e.to_string(),
+            ),
+        },
+        (&Method::GET, "/admin/connections") => json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "active_connections": shared.active_connections(),
+                "in_flight_requests": shared.metrics.in_flight_requests.get(),
+                "draining": shared.is_draining(),
+            }),
+        ),
+        (&Method::POST, "/admin/reload") => {
+            let s = Arc::clone(shared);
+            match tokio::task::spawn_blocking(move || s.reload()).await {
+                Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "reloaded" })),
+                Ok(Err(e)) => json(
+                    StatusCode::BAD_REQUEST,
+                    &serde_json::json!({ "status": "rejected", "errors": e.messages() }),
+                ),
+                Err(e) => respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    e.to_string(),
+                ),
+            }
+        }
+        (
+            _,
+            "/health/live" | "/health/ready" | "/metrics" | "/admin/connections" | "/admin/reload",
+        ) => respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "method not allowed\n",
+        ),
+        _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}

@@ -1,0 +1,124 @@
+//! Response bodies: one boxed type for every response, and a wrapper that counts the bytes
+//! sent and runs completion hooks (access log, metrics, in-flight guards) when the body ends
+//! or is dropped.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+
+/// Boxed error of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The body type of every response the gateway sends.
+pub type ResponseBody = BoxBody<Bytes, BoxError>;
+
+/// A complete body from bytes.
+pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An empty body.
+pub fn empty() -> ResponseBody {
+    full(Bytes::new())
+}
+
+/// How a body ended, passed to completion hooks.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BodyOutcome {
+    /// Data bytes sent.
+    pub bytes: u64,
+    /// The end of the body was reached (otherwise the client went away or it failed).
+    pub complete: bool,
+    /// Reading the body failed.
+    pub failed: bool,
+}
+
+type Hook = Box<dyn FnOnce(BodyOutcome) + Send + Sync>;
+
+pin_project_lite::pin_project! {
+    /// Counts bytes and runs hooks once, on end of stream, error, or drop.
+    pub struct TrackedBody {
+        #[pin]
+        inner: ResponseBody,
+        outcome: BodyOutcome,
+        hooks: Vec<Hook>,
+    }
+
+    impl PinnedDrop for TrackedBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let outcome = *this.outcome;
+            for hook in this.hooks.drain(..) {
+                hook(outcome);
+            }
+        }
+    }
+}
+
+impl TrackedBody {
+    /// Wraps a body with one hook.
+    pub fn new(
+        inner: ResponseBody,
+        hook: impl FnOnce(BodyOutcome) + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            inner,
+            outcome: BodyOutcome::default(),
+            hooks: vec![Box::new(hook)],
+        }
+    }
+
+    /// Keeps `guard` alive until the body is done.
+    pub fn holding<G: Send + Sync + 'static>(inner: ResponseBody, guard: G) -> Self {
+        Self::new(inner, move |_| drop(guard))
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        let res = this.inner.poll_frame(cx);
+        match &res {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    this.outcome.bytes += data.len() as u64;
+                }
+            }
+            Poll::Ready(Some(Err(_))) => this.outcome.failed = true,
+            Poll::Ready(None) => this.outcome.complete = true,
+            Poll::Pending => {}
+        }
+        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            let outcome = *this.outcome;
+            for hook in this.hooks.drain(..) {
+                hook(outcome);
+            }
+        }
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Boxes a tracked body.
+pub fn boxed(body: TrackedBody) -> ResponseBody {
+    BoxBody::new(body)
+}

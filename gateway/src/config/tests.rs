@@ -1,0 +1,151 @@
+//! Config parsing and validation tests.
+
+use std::path::Path;
+
+use super::*;
+
+const MINIMAL: &str = r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+
+[upstreams.api]
+members = [{ address = "127.0.0.1:9000" }]
+
+[[routes]]
+upstream = "api"
+"#;
+
+fn errors(text: &str) -> Vec<String> {
+    match parse(text, Path::new("/etc/gw.toml")) {
+        Ok(_) => Vec::new(),
+        Err(e) => e.messages(),
+    }
+}
+
+#[test]
+fn minimal_config_gets_defaults() {
+    let c = parse(MINIMAL, Path::new("gw.toml")).unwrap();
+    let l = &c.listeners["web"];
+    assert_eq!(l.max_header_bytes, 16 * 1024);
+    assert!(l.http2);
+    let u = &c.upstreams["api"];
+    assert_eq!(u.algorithm, Algorithm::RoundRobin);
+    assert_eq!(u.retry.budget_percent, 20);
+    assert_eq!(c.routes[0].name, "route-0");
+}
+
+#[test]
+fn unknown_key_is_rejected_with_file_name() {
+    let e = parse(
+        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nlisten_port = 3\n",
+        Path::new("/etc/gw.toml"),
+    )
+    .unwrap_err();
+    let s = e.to_string();
+    assert!(s.starts_with("/etc/gw.toml:"), "{s}");
+    assert!(s.contains("listen_port"), "{s}");
+}
+
+#[test]
+fn all_errors_are_collected_with_key_paths() {
+    let text = r#"
+[global]
+drain_timeout = "10 parsecs"
+
+[listeners.web]
+listen = "nope"
+max_body_bytes = -1
+
+[upstreams.api]
+algorithm = "random"
+members = [{ address = "a:1", weight = 1 }, { address = "b:2", weight = 0 }]
+
+[[routes]]
+upstream = "missing"
+[routes.match]
+path_pattern = "/users/{id"
+methods = ["G E T"]
+"#;
+    let errs = errors(text);
+    let want = [
+        "global.drain_timeout:",
+        "listeners.web.listen: `nope` is not an IP:port address",
+        "listeners.web.max_body_bytes:",
+        "upstreams.api.algorithm:",
+        "upstreams.api.members[1].weight: must be > 0",
+        "routes[0].upstream: no upstream named `missing`",
+        "routes[0].match.path_pattern:",
+        "routes[0].match.methods[0]:",
+    ];
+    for w in want {
+        assert!(
+            errs.iter().any(|e| e.starts_with(w)),
+            "missing {w} in {errs:#?}"
+        );
+    }
+}
+
+#[test]
+fn consistent_hash_needs_a_hash_source() {
+    let text = MINIMAL.replace(
+        "[upstreams.api]",
+        "[upstreams.api]\nalgorithm = \"consistent_hash\"",
+    );
+    assert_eq!(
+        errors(&text),
+        vec!["upstreams.api.hash: is required with algorithm `consistent_hash`"]
+    );
+    let ok = MINIMAL.replace(
+        "[upstreams.api]",
+        "[upstreams.api]\nalgorithm = \"consistent_hash\"\nhash = { source = \"cookie\", name = \"sid\" }",
+    );
+    assert!(errors(&ok).is_empty());
+}
+
+#[test]
+fn strip_prefix_requires_a_prefix_match() {
+    let text = format!("{MINIMAL}strip_prefix = true\n");
+    assert_eq!(
+        errors(&text),
+        vec!["routes[0].strip_prefix: requires `match.path_prefix`"]
+    );
+}
+
+#[test]
+fn route_needs_exactly_one_action() {
+    let text = format!("{MINIMAL}[routes.respond]\nstatus = 200\n");
+    assert_eq!(
+        errors(&text),
+        vec!["routes[0]: exactly one of `upstream`, `redirect` or `respond` is required"]
+    );
+}
+
+#[test]
+fn relative_tls_paths_resolve_next_to_the_config() {
+    let text = r#"
+[listeners.tls]
+listen = "127.0.0.1:0"
+[listeners.tls.tls]
+certificates = [{ cert_file = "c.pem", key_file = "/abs/k.pem", server_names = ["*.Example.com"] }]
+"#;
+    let c = parse(text, Path::new("/etc/gw/gw.toml")).unwrap();
+    let cert = &c.listeners["tls"].tls.as_ref().unwrap().certificates[0];
+    assert_eq!(cert.cert_file, Path::new("/etc/gw/c.pem"));
+    assert_eq!(cert.key_file, Path::new("/abs/k.pem"));
+    assert_eq!(cert.server_names, vec!["*.example.com"]);
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+    assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+    assert!(parse_duration("5").is_err());
+    assert!(parse_duration("5 days").is_err());
+}
+
+proptest::proptest! {
+    #[test]
+    fn parse_never_panics(text in "\\PC{0,200}") {
+        drop(parse(&text, Path::new("x.toml")));
+    }
+}

@@ -1,0 +1,55 @@
+//! Fast, non-cryptographic randomness for request ids, trace ids and balancer choices.
+//!
+//! Seeded per process from the standard library's randomly keyed hasher, so no extra
+//! dependency is needed; never use it for secrets.
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+fn state() -> &'static RandomState {
+    static STATE: OnceLock<RandomState> = OnceLock::new();
+    STATE.get_or_init(RandomState::new)
+}
+
+/// A random-looking 64-bit value, different on every call.
+pub fn next_u64() -> u64 {
+    state().hash_one(COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// A uniformly distributed index below `n` (`n` must be > 0).
+pub fn below(n: usize) -> usize {
+    let n64 = u64::try_from(n).unwrap_or(u64::MAX).max(1);
+    usize::try_from(next_u64() % n64).unwrap_or(0)
+}
+
+/// Stable 64-bit hash (FNV-1a with a final mix), identical across processes and versions, so
+/// consistent hashing agrees between gateways.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// SplitMix64 finaliser: spreads the bits of a weak hash.
+pub fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// `n` random bytes as lower-case hex.
+pub fn hex(bytes: usize) -> String {
+    let mut s = String::with_capacity(bytes * 2);
+    while s.len() < bytes * 2 {
+        s.push_str(&format!("{:016x}", next_u64()));
+    }
+    s.truncate(bytes * 2);
+    s
+}

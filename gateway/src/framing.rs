@@ -1,0 +1,204 @@
+//! HTTP/1 framing guard against request smuggling.
+//!
+//! hyper resolves a request carrying both `Content-Length` and `Transfer-Encoding` by using
+//! chunked framing and dropping `Content-Length` (allowed by RFC 9112 §6.3), so the service
+//! cannot see the conflict. This guard follows the raw request bytes of a connection as they
+//! are read (header blocks, fixed-length and chunked bodies) and flags the connection when a
+//! header block names both; the proxy then answers 400 and never forwards the request.
+//! Anything it cannot follow stops the guard: hyper's own parser rejects such input.
+
+/// Longest header block followed (longer ones are refused by hyper's limit anyway).
+const MAX_HEADER_BLOCK: usize = 256 * 1024;
+/// Longest chunk-size or trailer line followed.
+const MAX_LINE: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Headers,
+    Fixed(u64),
+    ChunkSize,
+    ChunkData(u64),
+    ChunkEnd(u8),
+    Trailers,
+    Stopped,
+}
+
+/// Follows the request stream of one HTTP/1 connection.
+#[derive(Debug)]
+pub struct FramingGuard {
+    state: State,
+    buf: Vec<u8>,
+    ambiguous: bool,
+}
+
+impl Default for FramingGuard {
+    fn default() -> Self {
+        Self {
+            state: State::Headers,
+            buf: Vec::new(),
+            ambiguous: false,
+        }
+    }
+}
+
+impl FramingGuard {
+    /// Feeds bytes read from the client; returns `true` once an ambiguous message was seen.
+    pub fn feed(&mut self, mut data: &[u8]) -> bool {
+        while !data.is_empty() && self.state != State::Stopped {
+            match self.state {
+                State::Headers => {
+                    let b = data[0];
+                    data = &data[1..];
+                    if self.buf.is_empty() && (b == b'\r' || b == b'\n') {
+                        continue; // empty lines before a request line are ignored
+                    }
+                    self.buf.push(b);
+                    if self.buf.ends_with(b"\r\n\r\n") || self.buf.ends_with(b"\n\n") {
+                        self.state = self.end_of_headers();
+                        self.buf.clear();
+                    } else if self.buf.len() > MAX_HEADER_BLOCK {
+                        self.state = State::Stopped;
+                    }
+                }
+                State::Fixed(n) => {
+                    let take = data.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    data = &data[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::Headers
+                    } else {
+                        State::Fixed(left)
+                    };
+                }
+                State::ChunkData(n) => {
+                    let take = data.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+                    data = &data[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        State::ChunkEnd(2)
+                    } else {
+                        State::ChunkData(left)
+                    };
+                }
+                State::ChunkEnd(n) => {
+                    data = &data[1..];
+                    self.state = if n <= 1 {
+                        State::ChunkSize
+                    } else {
+                        State::ChunkEnd(n - 1)
+                    };
+                }
+                State::ChunkSize | State::Trailers => {
+                    let b = data[0];
+                    data = &data[1..];
+                    self.buf.push(b);
+                    if b == b'\n' {
+                        self.state = self.end_of_line();
+                        self.buf.clear();
+                    } else if self.buf.len() > MAX_LINE {
+                        self.state = State::Stopped;
+                    }
+                }
+                State::Stopped => {}
+            }
+        }
+        self.ambiguous
+    }
+
+    fn end_of_headers(&mut self) -> State {
+        let text = String::from_utf8_lossy(&self.buf);
+        let mut content_length: Option<u64> = None;
+        let mut has_cl = false;
+        let mut te_chunked: Option<bool> = None;
+        for line in text.lines().skip(1) {
+            let Some((name, value)) = line.split_once(':') else {
+                continue;
+            };
+            let name = name.trim().to_ascii_lowercase();
+            let value = value.trim();
+            if name == "content-length" {
+                has_cl = true;
+                content_length = value.parse().ok();
+            } else if name == "transfer-encoding" {
+                let last = value.rsplit(',').next().unwrap_or("").trim();
+                te_chunked = Some(last.eq_ignore_ascii_case("chunked"));
+            }
+        }
+        if has_cl && te_chunked.is_some() {
+            self.ambiguous = true;
+        }
+        match (te_chunked, content_length, has_cl) {
+            (Some(true), _, _) => State::ChunkSize,
+            (Some(false), _, _) | (None, None, true) => State::Stopped,
+            (None, Some(0), _) | (None, None, false) => State::Headers,
+            (None, Some(n), _) => State::Fixed(n),
+        }
+    }
+
+    fn end_of_line(&mut self) -> State {
+        let line = String::from_utf8_lossy(&self.buf);
+        let line = line.trim_end_matches(['\r', '\n']);
+        match self.state {
+            State::ChunkSize => {
+                let size = line.split(';').next().unwrap_or("").trim();
+                match u64::from_str_radix(size, 16) {
+                    Ok(0) => State::Trailers,
+                    Ok(n) if !size.is_empty() => State::ChunkData(n),
+                    _ => State::Stopped,
+                }
+            }
+            _ if line.is_empty() => State::Headers,
+            _ => State::Trailers,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(chunks: &[&[u8]]) -> bool {
+        let mut g = FramingGuard::default();
+        chunks.iter().fold(false, |_, c| g.feed(c))
+    }
+
+    #[test]
+    fn flags_content_length_with_transfer_encoding() {
+        assert!(run(&[b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"]));
+        assert!(run(&[
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length: 4\r\n\r\n"
+        ]));
+    }
+
+    #[test]
+    fn follows_bodies_to_later_requests() {
+        let first = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello";
+        let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-Trailer: 1\r\n\r\n";
+        let bad = b"GET / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert!(!run(&[first, chunked]));
+        assert!(run(&[first, chunked, bad]));
+        // Split at every position: same verdict.
+        let all = [&first[..], &chunked[..], &bad[..]].concat();
+        for cut in 0..all.len() {
+            assert!(run(&[&all[..cut], &all[cut..]]), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn body_bytes_are_not_mistaken_for_headers() {
+        let body = b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let req = [
+            format!("POST / HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+            body,
+        ]
+        .concat();
+        assert!(!run(&[&req]));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            proptest::prop_assert!(run(&[&data]) || !run(&[&data]));
+        }
+    }
+}

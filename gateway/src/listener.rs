@@ -1,0 +1,446 @@
+//! Client listeners: accept (bounded by `max_connections`), TLS handshake, HTTP/1.1 or HTTP/2
+//! (h2c prior knowledge on plain listeners, ALPN on TLS), per-connection timeouts, and graceful
+//! shutdown.
+//!
+//! Each connection has a watchdog: a partial request older than `header_timeout` gets
+//! `408 Request Timeout` and the connection is closed; a connection idle (no request in
+//! flight, nothing received) for `idle_timeout` is closed gracefully. On shutdown every
+//! connection finishes its in-flight requests and closes; idle keep-alives close at once.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, watch};
+use tower::ServiceExt;
+
+use crate::body::{self, TrackedBody};
+use crate::conn::ConnInfo;
+use crate::framing::FramingGuard;
+use crate::server::{ConnectionGuard, Shared};
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Live state of one client connection, shared by its IO wrapper, its requests and its
+/// watchdog.
+#[derive(Debug)]
+struct ConnState {
+    in_flight: AtomicUsize,
+    /// When the first byte of a not-yet-dispatched request arrived.
+    partial_since: Mutex<Option<Instant>>,
+    /// Last time the connection went idle (start, or a response finished).
+    idle_since: Mutex<Instant>,
+}
+
+impl ConnState {
+    fn new(now: Instant) -> Self {
+        Self {
+            in_flight: AtomicUsize::new(0),
+            partial_since: Mutex::new(None),
+            idle_since: Mutex::new(now),
+        }
+    }
+
+    fn on_read(&self, now: Instant) {
+        if self.in_flight.load(Ordering::Acquire) == 0 {
+            let mut p = self
+                .partial_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if p.is_none() {
+                *p = Some(now);
+            }
+        }
+    }
+
+    fn request_started(self: &Arc<Self>) -> RequestGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        *self
+            .partial_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        RequestGuard(Arc::clone(self))
+    }
+}
+
+/// Ends a request on its connection when dropped (response body done, or request abandoned).
+struct RequestGuard(Arc<ConnState>);
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        *self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// IO wrapper: notes arriving bytes for the watchdog and feeds the HTTP/1 framing guard.
+struct WatchedIo<S> {
+    inner: S,
+    state: Arc<ConnState>,
+    framing: Option<(FramingGuard, Arc<AtomicBool>)>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let res = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let fresh = &buf.filled()[before..];
+        // Only HTTP/1 has "partial request" semantics; HTTP/2 control frames arrive at any time.
+        let this = &mut *self;
+        if !fresh.is_empty()
+            && let Some((guard, flag)) = &mut this.framing
+        {
+            this.state.on_read(Instant::now());
+            if guard.feed(fresh) {
+                flag.store(true, Ordering::Release);
+            }
+        }
+        res
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Accept loop of one listener; returns when `shutdown` flips.
+pub async fn accept_loop(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    socket: TcpListener,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let active = Arc::new(AtomicUsize::new(0));
+    let closed = Arc::new(Notify::new());
+    loop {
+        // Wait for room under max_connections (read from the current snapshot).
+        loop {
+            let notified = closed.notified();
+            let max = shared
+                .snapshot
+                .load()
+                .listeners
+                .get(&*name)
+                .map_or(0, |l| l.config.max_connections);
+            if active.load(Ordering::Acquire) < max {
+                break;
+            }
+            tokio::select! {
+                () = notified => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+        let accepted = tokio::select! {
+            r = socket.accept() => r,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(listener = %name, error = %e, "accept failed");
+                // Out of descriptors and similar: give the process a moment, stay responsive
+                // to shutdown.
+                tokio::select! {
+                    () = tokio::time::sleep(Duration::from_millis(50)) => {}
+                    _ = shutdown.changed() => return,
+                }
+                continue;
+            }
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed");
+        }
+        active.fetch_add(1, Ordering::AcqRel);
+        let slot = Slot {
+            active: Arc::clone(&active),
+            closed: Arc::clone(&closed),
+        };
+        let guard = shared.connection_opened(&name);
+        tokio::spawn(serve_connection(
+            Arc::clone(&shared),
+            Arc::clone(&name),
+            stream,
+            peer,
+            shutdown.clone(),
+            (slot, guard),
+        ));
+    }
+}
+
+/// Frees a `max_connections` slot when the connection ends.
+struct Slot {
+    active: Arc<AtomicUsize>,
+    closed: Arc<Notify>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.active.fetch_sub(1, Ordering::AcqRel);
+        self.closed.notify_one();
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    name: Arc<str>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    shutdown: watch::Receiver<bool>,
+    guards: (Slot, ConnectionGuard),
+) {
+    let _guards = guards;
+    let snapshot = shared.snapshot.load_full();
+    let Some(listener) = snapshot.listeners.get(&*name) else {
+        return;
+    };
+    let limits = listener.config.clone();
+    let tls = listener.tls.clone();
+    drop(snapshot);
+    let state = Arc::new(ConnState::new(Instant::now()));
+    let flag = Arc::new(AtomicBool::new(false));
+    let conn = ConnInfo {
+        listener: Arc::clone(&name),
+        peer,
+        tls: tls.is_some(),
+        ambiguous_framing: Arc::clone(&flag),
+    };
+    match tls {
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let handshake =
+                tokio::time::timeout(limits.header_timeout, acceptor.accept(stream)).await;
+            let tls_stream = match handshake {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            serve_http(shared, conn, tls_stream, h2, &limits, state, flag, shutdown).await;
+        }
+        None => {
+            let h2 = limits.http2 && is_h2_preface(&stream, limits.header_timeout).await;
+            serve_http(shared, conn, stream, h2, &limits, state, flag, shutdown).await;
+        }
+    }
+}
+
+/// Peeks at the first bytes: HTTP/2 prior knowledge starts with the connection preface.
+async fn is_h2_preface(stream: &TcpStream, timeout: Duration) -> bool {
+    let mut buf = [0u8; 24];
+    let peek = async {
+        loop {
+            let n = stream.peek(&mut buf).await.unwrap_or(0);
+            if n == 0 || buf[..n] != H2_PREFACE[..n] {
+                return false;
+            }
+            if n == H2_PREFACE.len() {
+                return true;
+            }
+            // A partial preface: wait for more bytes.
+            if stream.readable().await.is_err() {
+                return false;
+            }
+            tokio::task::yield_now().await;
+        }
+    };
+    tokio::time::timeout(timeout, peek).await.unwrap_or(false)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<S>(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    io: S,
+    h2: bool,
+    limits: &crate::config::ListenerConfig,
+    state: Arc<ConnState>,
+    flag: Arc<AtomicBool>,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = WatchedIo {
+        inner: io,
+        state: Arc::clone(&state),
+        framing: (!h2).then(|| (FramingGuard::default(), flag)),
+    };
+    let stack = shared.service_stack();
+    let svc_state = Arc::clone(&state);
+    let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+        let guard = svc_state.request_started();
+        req.extensions_mut().insert(conn.clone());
+        let stack = stack.clone();
+        async move {
+            let res = stack.oneshot(req).await?;
+            let (parts, inner) = res.into_parts();
+            Ok::<_, std::convert::Infallible>(http::Response::from_parts(
+                parts,
+                body::boxed(TrackedBody::holding(inner, guard)),
+            ))
+        }
+    });
+    let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
+        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let header_timeout = limits.header_timeout;
+    let idle_timeout = limits.idle_timeout;
+    let draining = *shutdown.borrow();
+    if h2 {
+        let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+        let mut c = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
+        if draining {
+            c.as_mut().graceful_shutdown();
+        }
+        let mut shutting_down = draining;
+        loop {
+            tokio::select! {
+                r = c.as_mut() => {
+                    if let Err(e) = r {
+                        tracing::debug!(error = %e, "h2 connection ended with an error");
+                    }
+                    return;
+                }
+                _ = shutdown.changed(), if !shutting_down => {
+                    shutting_down = true;
+                    c.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep(tick) => {
+                    if !shutting_down && watchdog(&state, header_timeout, idle_timeout) != Verdict::Ok {
+                        shutting_down = true;
+                        c.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive(true)
+        .header_read_timeout(None)
+        .max_header_size(limits.max_header_bytes)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
+    let mut c = builder.serve_connection(TokioIo::new(io), service);
+    if draining {
+        Pin::new(&mut c).graceful_shutdown();
+    }
+    let mut shutting_down = draining;
+    loop {
+        tokio::select! {
+            r = &mut c => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "http/1 connection ended with an error");
+                }
+                return;
+            }
+            _ = shutdown.changed(), if !shutting_down => {
+                shutting_down = true;
+                Pin::new(&mut c).graceful_shutdown();
+            }
+            () = tokio::time::sleep(tick) => match watchdog(&state, header_timeout, idle_timeout) {
+                Verdict::Ok => {}
+                Verdict::Idle => {
+                    if !shutting_down {
+                        shutting_down = true;
+                        Pin::new(&mut c).graceful_shutdown();
+                    }
+                }
+                Verdict::HeaderTimeout => {
+                    let mut io = c.into_parts().io.into_inner();
+                    let response = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                    let written = tokio::time::timeout(Duration::from_secs(1), async {
+                        io.inner.write_all(response).await?;
+                        io.inner.shutdown().await
+                    })
+                    .await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        tracing::debug!("could not send 408");
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Ok,
+    Idle,
+    HeaderTimeout,
+}
+
+fn watchdog(state: &ConnState, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+    if state.in_flight.load(Ordering::Acquire) > 0 {
+        return Verdict::Ok;
+    }
+    let now = Instant::now();
+    let partial = *state
+        .partial_since
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    match partial {
+        Some(since) if now.saturating_duration_since(since) >= header_timeout => {
+            Verdict::HeaderTimeout
+        }
+        Some(_) => Verdict::Ok,
+        None => {
+            let idle = *state
+                .idle_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if now.saturating_duration_since(idle) >= idle_timeout {
+                Verdict::Idle
+            } else {
+                Verdict::Ok
+            }
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! `lb-gateway`: the L7 gateway binary. Parses arguments and wires the library together.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+use lb_gateway::server::{self, Gateway, StartError};
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Exit code for every configuration error (sysexits EX_USAGE), as the house rules say.
+const EXIT_CONFIG: u8 = 64;
+
+/// The L7 API gateway of the load-balancer appliance.
+#[derive(Debug, Parser)]
+#[command(
+    name = "lb-gateway",
+    version,
+    about,
+    after_help = "Config reference: gateway/CONFIG.md. Config errors exit with code 64."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a config file (certificates included) without starting; exits 64 when invalid,
+    /// listing every error with its key path.
+    CheckConfig {
+        /// Path to the TOML config file.
+        file: PathBuf,
+    },
+    /// Run the gateway. SIGHUP reloads the config file; SIGTERM or SIGINT drains and exits.
+    Run {
+        /// Path to the TOML config file.
+        #[arg(long, short = 'c', env = "LB_GATEWAY_CONFIG")]
+        config: PathBuf,
+        /// Log format of stdout; access-log events carry a JSON object as their message in
+        /// both formats.
+        #[arg(long, value_enum, default_value_t = LogFormat::Json)]
+        log_format: LogFormat,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::CheckConfig { file } => match server::check_config(&file) {
+            Ok(config) => {
+                tracing_subscriber::fmt()
+                    .with_writer(std::io::stderr)
+                    .init();
+                tracing::info!(
+                    file = %file.display(),
+                    listeners = config.listeners.len(),
+                    upstreams = config.upstreams.len(),
+                    routes = config.routes.len(),
+                    "config is valid"
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                report(&e);
+                ExitCode::from(EXIT_CONFIG)
+            }
+        },
+        Command::Run { config, log_format } => {
+            init_logging(log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    report(&e);
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    report(&*e);
+                    if e.downcast_ref::<StartError>()
+                        .is_some_and(|s| matches!(s, StartError::Config(_)))
+                    {
+                        ExitCode::from(EXIT_CONFIG)
+                    } else {
+                        ExitCode::FAILURE
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[allow(clippy::print_stderr)] // the binary's one place that talks to the operator directly
+fn report(e: &dyn std::fmt::Display) {
+    eprintln!("lb-gateway: {e}");
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run(config: PathBuf) -> anyhow::Result<()> {
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let gateway = Gateway::start(&config).await?;
+    tracing::info!(?gateway, "lb-gateway started");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let shared = std::sync::Arc::clone(gateway.shared());
+                // Errors are logged and counted by reload itself; the old config keeps serving.
+                if let Ok(Err(_refused)) = tokio::task::spawn_blocking(move || shared.reload()).await {
+                    tracing::warn!("SIGHUP reload refused");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("draining");
+    let report = gateway.shutdown().await;
+    tracing::info!(
+        remaining_connections = report.remaining_connections,
+        "stopped"
+    );
+    Ok(())
+}

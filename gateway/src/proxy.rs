@@ -1,0 +1,558 @@
+//! The innermost service: route the request and answer it (fixed response, redirect) or
+//! forward it to an upstream member, with retries, timeouts and outlier detection.
+//!
+//! Stages of a proxied request, in order: check framing and header size -> route -> read the
+//! body (bounded by `max_body_bytes`; buffered so that a retry can resend it) -> build the
+//! upstream request (rewrite, hop-by-hop headers removed, forwarding headers, trace context,
+//! route header operations) -> attempts (pick a member, per-try timeout, classify, maybe retry
+//! within the budget) -> response headers (hop-by-hop removed, route operations).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tracing::Instrument;
+
+use crate::accesslog::RequestLog;
+use crate::body::{self, ResponseBody, TrackedBody};
+use crate::config::{HashSource, RouteAction, RouteConfig, UpstreamProtocol};
+use crate::conn::ConnInfo;
+use crate::entropy;
+use crate::error::ProxyError;
+use crate::router::{self, RequestFacts};
+use crate::server::Shared;
+use crate::snapshot::Snapshot;
+use crate::trace::{TRACEPARENT, TraceParent};
+use crate::upstream::client::ConnectionUses;
+use crate::upstream::{AttemptOutcome, Upstream};
+
+/// Headers that describe one connection and are never forwarded.
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
+
+/// Routes and proxies requests using the current snapshot.
+#[derive(Clone)]
+pub struct ProxyService {
+    shared: Arc<Shared>,
+}
+
+impl ProxyService {
+    /// A service reading snapshots from `shared`.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self { shared }
+    }
+}
+
+impl tower::Service<Request<Incoming>> for ProxyService {
+    type Response = Response<ResponseBody>;
+    type Error = ProxyError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, ProxyError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Incoming>) -> Self::Future {
+        let snapshot = self.shared.snapshot.load_full();
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move { handle(&shared, &snapshot, req).await })
+    }
+}
+
+fn is_idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
+}
+
+/// The host the client asked for: URI authority (HTTP/2, absolute form) or `Host`.
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    req.uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        })
+}
+
+fn check_framing(
+    req: &Request<Incoming>,
+    conn: &ConnInfo,
+    max_header_bytes: usize,
+) -> Result<(), ProxyError> {
+    if conn.framing_is_ambiguous() {
+        return Err(ProxyError::BadRequest {
+            reason: "both Content-Length and Transfer-Encoding",
+        });
+    }
+    let h = req.headers();
+    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+        return Err(ProxyError::BadRequest {
+            reason: "both Content-Length and Transfer-Encoding",
+        });
+    }
+    if h.get_all(header::HOST).iter().count() > 1 {
+        return Err(ProxyError::BadRequest {
+            reason: "more than one Host header",
+        });
+    }
+    let size: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
+    if size > max_header_bytes {
+        return Err(ProxyError::HeadersTooLarge {
+            limit: max_header_bytes,
+        });
+    }
+    Ok(())
+}
+
+async fn handle(
+    shared: &Shared,
+    snapshot: &Snapshot,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let conn = req
+        .extensions()
+        .get::<ConnInfo>()
+        .cloned()
+        .ok_or_else(|| ProxyError::Internal("request without connection info".into()))?;
+    let listener = snapshot.listeners.get(&*conn.listener).ok_or_else(|| {
+        ProxyError::Internal(format!("listener `{}` not in snapshot", conn.listener))
+    })?;
+    check_framing(&req, &conn, listener.config.max_header_bytes)?;
+    let raw_host = request_host(&req);
+    let host = raw_host.as_deref().map(router::normalize_host);
+    let matched = {
+        let facts = RequestFacts {
+            host: host.as_deref(),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            method: req.method(),
+            headers: req.headers(),
+        };
+        listener.router.route(&facts).ok_or(ProxyError::NoRoute)?
+    };
+    let log = req.extensions().get::<RequestLog>().cloned();
+    if let Some(log) = &log {
+        log.set_route(&matched.route.name);
+    }
+    let route = matched.route;
+    let mut response = match &route.action {
+        RouteAction::Respond {
+            status,
+            body,
+            content_type,
+        } => {
+            let mut res = Response::new(body::full(body.clone()));
+            *res.status_mut() = *status;
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, content_type.clone());
+            res
+        }
+        RouteAction::Redirect { location, status } => {
+            let mut res = Response::new(body::empty());
+            *res.status_mut() = *status;
+            let loc = HeaderValue::from_str(location)
+                .map_err(|_| ProxyError::Internal("invalid redirect location".into()))?;
+            res.headers_mut().insert(header::LOCATION, loc);
+            res
+        }
+        RouteAction::Proxy { upstream } => {
+            let up = snapshot.upstreams.get(upstream).ok_or_else(|| {
+                ProxyError::Internal(format!("upstream `{upstream}` not in snapshot"))
+            })?;
+            if let Some(log) = &log {
+                log.set_upstream(upstream);
+            }
+            let max_body = listener.config.max_body_bytes;
+            forward(
+                shared,
+                up,
+                &route,
+                &conn,
+                raw_host,
+                max_body,
+                log.as_ref(),
+                req,
+            )
+            .await?
+        }
+    };
+    route.response_headers.apply(response.headers_mut());
+    Ok(response)
+}
+
+async fn read_body(
+    body: Incoming,
+    declared: Option<u64>,
+    limit: usize,
+) -> Result<Bytes, ProxyError> {
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ProxyError::BodyTooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) => match e.downcast::<hyper::Error>() {
+            Ok(source) => Err(ProxyError::ClientBody { source: *source }),
+            // The only other error Limited produces is LengthLimitError.
+            Err(_) => Err(ProxyError::BodyTooLarge { limit }),
+        },
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn append_value(headers: &mut HeaderMap, name: &'static str, value: &str) {
+    let combined = match headers.get(name).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => format!("{prev}, {value}"),
+        _ => value.to_string(),
+    };
+    if let Ok(v) = HeaderValue::from_str(&combined) {
+        headers.insert(name, v);
+    }
+}
+
+fn forwarding_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&str>) {
+    let ip = conn.peer.ip();
+    let proto = if conn.tls { "https" } else { "http" };
+    append_value(headers, "x-forwarded-for", &ip.to_string());
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+        headers.insert("x-forwarded-host", v);
+    }
+    let node = if ip.is_ipv6() {
+        format!("\"[{ip}]\"")
+    } else {
+        ip.to_string()
+    };
+    let mut fwd = format!("for={node};proto={proto}");
+    if let Some(h) = host.filter(|h| {
+        h.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
+    }) {
+        fwd.push_str(&format!(";host={h}"));
+    }
+    append_value(headers, "forwarded", &fwd);
+}
+
+fn hash_key(source: &HashSource, headers: &HeaderMap, conn: &ConnInfo) -> Option<u64> {
+    match source {
+        HashSource::ClientAddress => {
+            Some(entropy::stable_hash(conn.peer.ip().to_string().as_bytes()))
+        }
+        HashSource::Header(name) => headers
+            .get(name)
+            .map(|v| entropy::stable_hash(v.as_bytes())),
+        HashSource::Cookie(name) => headers
+            .get_all(header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| entropy::stable_hash(v.as_bytes())),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    shared: &Shared,
+    up: &Arc<Upstream>,
+    route: &RouteConfig,
+    conn: &ConnInfo,
+    host: Option<String>,
+    max_body: usize,
+    log: Option<&RequestLog>,
+    req: Request<Incoming>,
+) -> Result<Response<ResponseBody>, ProxyError> {
+    let (parts, incoming) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = read_body(incoming, declared, max_body).await?;
+
+    let mut headers = parts.headers.clone();
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::CONTENT_LENGTH);
+    headers.remove(header::EXPECT);
+    if !headers.contains_key(header::HOST)
+        && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+    {
+        headers.insert(header::HOST, v);
+    }
+    forwarding_headers(&mut headers, conn, host.as_deref());
+    let trace = TraceParent::child_of(parts.headers.get(TRACEPARENT));
+    if let Ok(v) = HeaderValue::from_str(&trace.to_header()) {
+        headers.insert(TRACEPARENT, v);
+    }
+    route.request_headers.apply(&mut headers);
+    let path = match &route.rewrite {
+        Some(rw) => router::rewrite_prefix(parts.uri.path(), &rw.prefix, &rw.replacement),
+        None => parts.uri.path().to_string(),
+    };
+    let path_and_query = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let idempotent = is_idempotent(&parts.method);
+    let cfg = &up.config;
+    let hash = match &cfg.algorithm {
+        crate::config::Algorithm::ConsistentHash(src) => hash_key(src, &parts.headers, conn),
+        _ => None,
+    };
+    let version = match cfg.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::H2c => Version::HTTP_2,
+    };
+    let metrics = &shared.metrics;
+    let name = cfg.name.as_str();
+    let start = Instant::now();
+    let deadline = start + cfg.timeout;
+    up.budget.record_request(start);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        let now = Instant::now();
+        let idx = up
+            .balancer
+            .pick(&up.members, hash, &tried, now)
+            .ok_or_else(|| ProxyError::NoMember {
+                upstream: name.to_string(),
+            })?;
+        tried.push(idx);
+        let member = &up.members[idx];
+        if let Some(log) = log {
+            log.set_member(&member.address, attempt);
+        }
+        let uri: Uri = format!("http://{}{}", member.address, path_and_query)
+            .parse()
+            .map_err(|_| ProxyError::Internal("cannot build the upstream URI".into()))?;
+        let mut upstream_req = Request::new(Full::new(body.clone()));
+        *upstream_req.method_mut() = parts.method.clone();
+        *upstream_req.uri_mut() = uri;
+        *upstream_req.version_mut() = version;
+        *upstream_req.headers_mut() = headers.clone();
+        let in_flight = member.start();
+        let remaining = deadline.saturating_duration_since(now);
+        let per_try = cfg.try_timeout.min(remaining);
+        let sent = Instant::now();
+        let span = tracing::debug_span!("upstream_attempt", upstream = name, member = %member.address, attempt);
+        let result = tokio::time::timeout(per_try, up.client.request(upstream_req))
+            .instrument(span)
+            .await;
+        let done = Instant::now();
+        let (outcome_label, outcome, res) = match result {
+            Ok(Ok(res)) => {
+                member.record_latency(done - sent);
+                if let Some(uses) = res.extensions().get::<ConnectionUses>()
+                    && uses.record()
+                {
+                    metrics
+                        .upstream_pool_reused_requests_total
+                        .with_label_values(&[name])
+                        .inc();
+                }
+                if res.status().is_server_error() {
+                    ("http_5xx", AttemptOutcome::Failure, Ok(res))
+                } else {
+                    ("success", AttemptOutcome::Success, Ok(res))
+                }
+            }
+            Ok(Err(e)) if e.is_connect() => (
+                "connect_error",
+                AttemptOutcome::Failure,
+                Err(ProxyError::Connect {
+                    upstream: name.to_string(),
+                    member: member.address.clone(),
+                    source: e,
+                }),
+            ),
+            Ok(Err(e)) => (
+                "error",
+                AttemptOutcome::Failure,
+                Err(ProxyError::UpstreamRequest {
+                    upstream: name.to_string(),
+                    member: member.address.clone(),
+                    source: e,
+                }),
+            ),
+            Err(_elapsed) if done >= deadline => (
+                "timeout",
+                AttemptOutcome::Failure,
+                Err(ProxyError::Timeout {
+                    upstream: name.to_string(),
+                    timeout: cfg.timeout,
+                }),
+            ),
+            Err(_elapsed) => (
+                "timeout",
+                AttemptOutcome::Failure,
+                Err(ProxyError::TryTimeout {
+                    upstream: name.to_string(),
+                    member: member.address.clone(),
+                    timeout: per_try,
+                }),
+            ),
+        };
+        metrics
+            .upstream_attempts_total
+            .with_label_values(&[name, member.address.as_str(), outcome_label])
+            .inc();
+        if member.record_outcome(outcome, &cfg.outlier, done, up.may_eject(done)) {
+            metrics
+                .upstream_ejections_total
+                .with_label_values(&[name, member.address.as_str()])
+                .inc();
+            tracing::warn!(upstream = name, member = %member.address, "member ejected by outlier detection");
+        }
+        up.publish_health(metrics, done);
+
+        let retryable = match &res {
+            Ok(r) => r.status().is_server_error() && idempotent,
+            Err(e) => e.retry_safe(idempotent),
+        };
+        let attempts_left = attempt <= cfg.retry.max_retries && done < deadline;
+        if retryable && attempts_left {
+            if up.budget.try_acquire(done) {
+                metrics
+                    .upstream_retries_total
+                    .with_label_values(&[name, "attempted"])
+                    .inc();
+                tracing::debug!(upstream = name, member = %member.address, attempt, "retrying");
+                continue;
+            }
+            metrics
+                .upstream_retries_total
+                .with_label_values(&[name, "budget_exhausted"])
+                .inc();
+        }
+        let res = res?;
+        let (mut parts, incoming) = res.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        let body = body::boxed(TrackedBody::holding(
+            incoming.map_err(body::BoxError::from).boxed(),
+            in_flight,
+        ));
+        let mut response = Response::from_parts(parts, body);
+        *response.version_mut() = Version::HTTP_11;
+        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+            return Err(ProxyError::Internal(
+                "upstream tried to switch protocols".into(),
+            ));
+        }
+        return Ok(response);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+
+    use super::*;
+
+    fn conn(peer: &str, tls: bool) -> ConnInfo {
+        ConnInfo {
+            listener: Arc::from("web"),
+            peer: peer.parse().unwrap(),
+            tls,
+            ambiguous_framing: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_the_ones_connection_names_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("close, x-private"));
+        h.insert("x-private", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_quote_ipv6() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("192.0.2.1"));
+        h.insert("forwarded", HeaderValue::from_static("for=192.0.2.1"));
+        forwarding_headers(
+            &mut h,
+            &conn("[2001:db8::1]:4000", true),
+            Some("api.example.com"),
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 2001:db8::1");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "api.example.com");
+        assert_eq!(
+            h["forwarded"],
+            "for=192.0.2.1, for=\"[2001:db8::1]\";proto=https;host=api.example.com"
+        );
+    }
+
+    #[test]
+    fn hash_keys_come_from_header_cookie_or_address() {
+        let mut h = HeaderMap::new();
+        h.insert("cookie", HeaderValue::from_static("a=1; sid=xyz"));
+        h.insert("x-user", HeaderValue::from_static("alice"));
+        let c = conn("10.0.0.1:1234", false);
+        let cookie = hash_key(&HashSource::Cookie("sid".into()), &h, &c);
+        assert_eq!(cookie, Some(entropy::stable_hash(b"xyz")));
+        let header = hash_key(
+            &HashSource::Header(HeaderName::from_static("x-user")),
+            &h,
+            &c,
+        );
+        assert_eq!(header, Some(entropy::stable_hash(b"alice")));
+        assert_eq!(hash_key(&HashSource::Cookie("none".into()), &h, &c), None);
+        let other_port = conn("10.0.0.1:9999", false);
+        assert_eq!(
+            hash_key(&HashSource::ClientAddress, &h, &c),
+            hash_key(&HashSource::ClientAddress, &h, &other_port)
+        );
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&Method::GET));
+        assert!(is_idempotent(&Method::PUT));
+        assert!(!is_idempotent(&Method::POST));
+        assert!(!is_idempotent(&Method::PATCH));
+    }
+}

@@ -1,0 +1,364 @@
+//! The running gateway: shared state (the snapshot behind one atomic swap, metrics, counters),
+//! start-up, reload and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tower::ServiceBuilder;
+use tower::util::BoxCloneService;
+
+use crate::body::ResponseBody;
+use crate::config::{self, ConfigError};
+use crate::layers::{ErrorLayer, ObserveLayer, RequestIdLayer};
+use crate::metrics::{Metrics, MetricsError};
+use crate::proxy::ProxyService;
+use crate::snapshot::Snapshot;
+use crate::{admin, listener};
+
+/// The request service of a connection, all layers included.
+pub type ServiceStack = BoxCloneService<Request<Incoming>, Response<ResponseBody>, Infallible>;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("listener `{listener}`: cannot bind {addr}: {source}")]
+    Bind {
+        listener: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+}
+
+/// State shared by listeners, the admin API and signal handlers.
+pub struct Shared {
+    /// The current snapshot; replaced whole on reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    pub metrics: Metrics,
+    config_path: PathBuf,
+    draining: AtomicBool,
+    active_connections: AtomicUsize,
+    connection_closed: Notify,
+    access_log: Arc<AtomicBool>,
+    reload_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("config_path", &self.config_path)
+            .field("active_connections", &self.active_connections())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Counts a client connection until dropped.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    shared: Arc<Shared>,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.shared
+            .active_connections
+            .fetch_sub(1, Ordering::AcqRel);
+        self.shared.connection_closed.notify_waiters();
+    }
+}
+
+impl Shared {
+    /// Builds the layered service (outermost first: request id, observe, errors, proxy).
+    pub fn service_stack(self: &Arc<Self>) -> ServiceStack {
+        let svc = ServiceBuilder::new()
+            .layer(RequestIdLayer)
+            .layer(ObserveLayer::new(
+                self.metrics.clone(),
+                Arc::clone(&self.access_log),
+            ))
+            .layer(ErrorLayer)
+            .service(ProxyService::new(Arc::clone(self)));
+        BoxCloneService::new(svc)
+    }
+
+    /// Registers a new client connection.
+    pub fn connection_opened(self: &Arc<Self>, listener: &str) -> ConnectionGuard {
+        self.active_connections.fetch_add(1, Ordering::AcqRel);
+        self.metrics
+            .connections_total
+            .with_label_values(&[listener])
+            .inc();
+        let gauge = self
+            .metrics
+            .active_connections
+            .with_label_values(&[listener]);
+        gauge.inc();
+        ConnectionGuard {
+            shared: Arc::clone(self),
+            gauge,
+        }
+    }
+
+    /// Open client connections, all listeners together.
+    pub fn active_connections(&self) -> usize {
+        self.active_connections.load(Ordering::Acquire)
+    }
+
+    /// Whether the gateway is draining (not ready).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// The config file reloads read.
+    pub fn config_path(&self) -> &Path {
+        &self.config_path
+    }
+
+    /// Re-reads the config file and swaps in a new snapshot; on any error the current
+    /// snapshot stays and every problem is returned.
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        let _serialised = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let result = self.try_reload();
+        let label = if result.is_ok() { "success" } else { "failure" };
+        self.metrics
+            .config_reloads_total
+            .with_label_values(&[label])
+            .inc();
+        match &result {
+            Ok(()) => tracing::info!(file = %self.config_path.display(), "config reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "config reload refused; the previous config stays")
+            }
+        }
+        result
+    }
+
+    fn try_reload(&self) -> Result<(), ConfigError> {
+        let config = config::load(&self.config_path)?;
+        let current = self.snapshot.load_full();
+        let invalid = |errors| ConfigError::Invalid {
+            file: self.config_path.clone(),
+            errors,
+        };
+        let conflicts = current.reload_conflicts(&config);
+        if !conflicts.is_empty() {
+            return Err(invalid(conflicts));
+        }
+        let mut next = Snapshot::build(config, Some(&current), &self.metrics).map_err(invalid)?;
+        next.start_health_checks(&self.metrics);
+        self.access_log
+            .store(next.config.access_log, Ordering::Relaxed);
+        self.snapshot.store(Arc::new(next));
+        Ok(())
+    }
+}
+
+/// Validates a config file completely (certificates included) without starting anything.
+pub fn check_config(path: &Path) -> Result<config::Config, ConfigError> {
+    let config = config::load(path)?;
+    let metrics = Metrics::new().map_err(|e| ConfigError::Syntax {
+        file: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    Snapshot::build(config.clone(), None, &metrics).map_err(|errors| ConfigError::Invalid {
+        file: path.to_path_buf(),
+        errors,
+    })?;
+    Ok(config)
+}
+
+/// What graceful shutdown achieved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownReport {
+    /// Connections still open when the drain deadline passed (0: clean).
+    pub remaining_connections: usize,
+}
+
+/// A running gateway.
+pub struct Gateway {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    listeners: BTreeMap<String, SocketAddr>,
+    admin: Option<SocketAddr>,
+    tasks: Vec<JoinHandle<()>>,
+    admin_task: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listeners", &self.listeners)
+            .field("admin", &self.admin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Loads the config, binds every listener and the admin endpoint, and starts serving.
+    pub async fn start(config_path: &Path) -> Result<Self, StartError> {
+        let config = config::load(config_path)?;
+        let metrics = Metrics::new()?;
+        let mut snapshot =
+            Snapshot::build(config, None, &metrics).map_err(|errors| ConfigError::Invalid {
+                file: config_path.to_path_buf(),
+                errors,
+            })?;
+        snapshot.start_health_checks(&metrics);
+        let access_log = snapshot.config.access_log;
+        let admin_addr = snapshot.config.admin;
+        let listen: Vec<(String, SocketAddr)> = snapshot
+            .config
+            .listeners
+            .iter()
+            .map(|(n, l)| (n.clone(), l.listen))
+            .collect();
+        let shared = Arc::new(Shared {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            metrics,
+            config_path: config_path.to_path_buf(),
+            draining: AtomicBool::new(false),
+            active_connections: AtomicUsize::new(0),
+            connection_closed: Notify::new(),
+            access_log: Arc::new(AtomicBool::new(access_log)),
+            reload_lock: Mutex::new(()),
+        });
+        let (shutdown, rx) = watch::channel(false);
+        let mut sockets = Vec::new();
+        for (name, addr) in listen {
+            let socket = TcpListener::bind(addr)
+                .await
+                .map_err(|source| StartError::Bind {
+                    listener: name.clone(),
+                    addr,
+                    source,
+                })?;
+            let local = socket.local_addr().map_err(|source| StartError::Bind {
+                listener: name.clone(),
+                addr,
+                source,
+            })?;
+            sockets.push((name, local, socket));
+        }
+        let (admin, admin_task) = match admin_addr {
+            Some(addr) => {
+                let socket = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| StartError::Bind {
+                        listener: "admin".into(),
+                        addr,
+                        source,
+                    })?;
+                let local = socket.local_addr().map_err(|source| StartError::Bind {
+                    listener: "admin".into(),
+                    addr,
+                    source,
+                })?;
+                tracing::info!(listener = "admin", addr = %local, "listening");
+                let task = tokio::spawn(admin::serve(Arc::clone(&shared), socket));
+                (Some(local), Some(task))
+            }
+            None => (None, None),
+        };
+        let mut listeners = BTreeMap::new();
+        let mut tasks = Vec::new();
+        for (name, local, socket) in sockets {
+            tracing::info!(listener = %name, addr = %local, "listening");
+            tasks.push(tokio::spawn(listener::accept_loop(
+                Arc::clone(&shared),
+                Arc::from(name.as_str()),
+                socket,
+                rx.clone(),
+            )));
+            listeners.insert(name, local);
+        }
+        Ok(Self {
+            shared,
+            shutdown,
+            listeners,
+            admin,
+            tasks,
+            admin_task,
+        })
+    }
+
+    /// The bound address of a listener (useful with port 0).
+    pub fn listener_addr(&self, name: &str) -> Option<SocketAddr> {
+        self.listeners.get(name).copied()
+    }
+
+    /// The bound admin address.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin
+    }
+
+    /// Shared state (snapshot, metrics, counters).
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Reloads the config file (see [`Shared::reload`]).
+    pub fn reload(&self) -> Result<(), ConfigError> {
+        self.shared.reload()
+    }
+
+    /// Graceful shutdown: stop accepting, let in-flight requests finish and idle keep-alives
+    /// close, until no connection is left or the config's `drain_timeout` passes.
+    pub async fn shutdown(self) -> ShutdownReport {
+        let timeout = self.shared.snapshot.load().config.drain_timeout;
+        self.drain(timeout).await
+    }
+
+    /// [`Self::shutdown`] with an explicit deadline.
+    pub async fn drain(self, timeout: Duration) -> ShutdownReport {
+        self.shared.draining.store(true, Ordering::Release);
+        // Receivers may all be gone already (no listener); nothing to tell then.
+        self.shutdown.send_replace(true);
+        for t in &self.tasks {
+            t.abort();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let closed = self.shared.connection_closed.notified();
+            let mut closed = std::pin::pin!(closed);
+            // Registered before the check, so a close in between is not missed.
+            closed.as_mut().enable();
+            if self.shared.active_connections() == 0 {
+                break;
+            }
+            tokio::select! {
+                () = closed => {}
+                () = tokio::time::sleep_until(deadline.into()) => break,
+            }
+        }
+        let remaining = self.shared.active_connections();
+        if remaining > 0 {
+            tracing::warn!(remaining, "drain deadline passed with connections open");
+        }
+        if let Some(t) = &self.admin_task {
+            t.abort();
+        }
+        ShutdownReport {
+            remaining_connections: remaining,
+        }
+    }
+}

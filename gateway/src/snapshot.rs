@@ -1,0 +1,121 @@
+//! The immutable runtime snapshot: validated config, routers, upstream pools and TLS configs.
+//!
+//! Readers load it once per request/connection from one [`arc_swap::ArcSwap`]; a reload builds
+//! a complete new snapshot (carrying member state and connection pools over) and swaps it in
+//! one step, so a request never sees half of two configs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::{Config, FieldError, ListenerConfig};
+use crate::health::{self, TaskSet};
+use crate::metrics::Metrics;
+use crate::router::Router;
+use crate::tls;
+use crate::upstream::Upstream;
+
+/// Per-listener runtime data.
+#[derive(Debug)]
+pub struct ListenerRuntime {
+    pub config: ListenerConfig,
+    pub router: Router,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Everything a request needs, immutable.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Arc<Config>,
+    pub listeners: HashMap<String, ListenerRuntime>,
+    pub upstreams: HashMap<String, Arc<Upstream>>,
+    health_tasks: TaskSet,
+}
+
+impl Snapshot {
+    /// Builds a snapshot (loads certificates); errors carry key paths.
+    pub fn build(
+        config: Config,
+        previous: Option<&Snapshot>,
+        metrics: &Metrics,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let routes: Vec<_> = config.routes.iter().cloned().map(Arc::new).collect();
+        let mut listeners = HashMap::new();
+        for (name, l) in &config.listeners {
+            let tls = tls::server_config(l, &mut errs);
+            listeners.insert(
+                name.clone(),
+                ListenerRuntime {
+                    config: l.clone(),
+                    router: Router::for_listener(name, &routes),
+                    tls,
+                },
+            );
+        }
+        let now = Instant::now();
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|(name, u)| {
+                let prev = previous
+                    .and_then(|p| p.upstreams.get(name))
+                    .map(Arc::as_ref);
+                (
+                    name.clone(),
+                    Arc::new(Upstream::build(u, prev, metrics, now)),
+                )
+            })
+            .collect();
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Self {
+            config: Arc::new(config),
+            listeners,
+            upstreams,
+            health_tasks: TaskSet::default(),
+        })
+    }
+
+    /// Starts active health checks (needs a tokio runtime).
+    pub fn start_health_checks(&mut self, metrics: &Metrics) {
+        for up in self.upstreams.values() {
+            health::spawn(up, metrics, &mut self.health_tasks);
+        }
+    }
+
+    /// Errors for listener changes a reload cannot apply (sockets are bound once at start).
+    pub fn reload_conflicts(&self, next: &Config) -> Vec<FieldError> {
+        let mut errs = Vec::new();
+        for (name, l) in &next.listeners {
+            match self.config.listeners.get(name) {
+                None => errs.push(FieldError {
+                    path: format!("listeners.{name}"),
+                    message: "new listeners need a restart".into(),
+                }),
+                Some(old) if old.listen != l.listen || old.tls.is_some() != l.tls.is_some() => errs
+                    .push(FieldError {
+                        path: format!("listeners.{name}.listen"),
+                        message: "changing the address or TLS on/off needs a restart".into(),
+                    }),
+                Some(_) => {}
+            }
+        }
+        for name in self.config.listeners.keys() {
+            if !next.listeners.contains_key(name) {
+                errs.push(FieldError {
+                    path: format!("listeners.{name}"),
+                    message: "removing a listener needs a restart".into(),
+                });
+            }
+        }
+        if self.config.admin != next.admin {
+            errs.push(FieldError {
+                path: "admin.listen".into(),
+                message: "changing the admin address needs a restart".into(),
+            });
+        }
+        errs
+    }
+}

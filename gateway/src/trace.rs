@@ -1,0 +1,122 @@
+//! Request ids and W3C trace context.
+//!
+//! `x-request-id` is kept when the client sent a sane one (1-128 visible ASCII characters),
+//! else a random 128-bit hex id is generated. `traceparent` is propagated with a fresh
+//! parent id (this hop's span) when valid, else a new trace is started, sampled flag kept.
+
+use http::HeaderValue;
+
+use crate::entropy;
+
+/// Header carrying the request id.
+pub const REQUEST_ID: &str = "x-request-id";
+/// W3C trace context header.
+pub const TRACEPARENT: &str = "traceparent";
+
+/// Returns the incoming id if acceptable, else a new one.
+pub fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = incoming {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    HeaderValue::from_str(&entropy::hex(16)).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// A parsed `traceparent` (version 00).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceParent {
+    pub trace_id: String,
+    pub parent_id: String,
+    pub flags: u8,
+}
+
+impl TraceParent {
+    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
+    pub fn parse(v: &str) -> Option<Self> {
+        let mut parts = v.trim().split('-');
+        let (version, trace, parent, flags) =
+            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| {
+            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        };
+        if version == "ff"
+            || !hex(version, 2)
+            || !hex(trace, 32)
+            || !hex(parent, 16)
+            || !hex(flags, 2)
+        {
+            return None;
+        }
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+            return None;
+        }
+        Some(Self {
+            trace_id: trace.to_string(),
+            parent_id: parent.to_string(),
+            flags: u8::from_str_radix(flags, 16).ok()?,
+        })
+    }
+
+    /// The context to send upstream: same trace, this hop as parent.
+    pub fn child_of(incoming: Option<&HeaderValue>) -> Self {
+        let parsed = incoming.and_then(|v| v.to_str().ok()).and_then(Self::parse);
+        match parsed {
+            Some(p) => Self {
+                trace_id: p.trace_id,
+                parent_id: entropy::hex(8),
+                flags: p.flags,
+            },
+            None => Self {
+                trace_id: entropy::hex(16),
+                parent_id: entropy::hex(8),
+                flags: 1,
+            },
+        }
+    }
+
+    /// Header form.
+    pub fn to_header(&self) -> String {
+        format!("00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_valid_request_ids_and_replaces_bad_ones() {
+        let ok = HeaderValue::from_static("abc-123");
+        assert_eq!(request_id(Some(&ok)), ok);
+        let bad = HeaderValue::from_static("has space");
+        assert_eq!(request_id(Some(&bad)).len(), 32);
+        assert_eq!(request_id(None).len(), 32);
+    }
+
+    #[test]
+    fn traceparent_is_propagated_with_a_new_parent() {
+        let incoming =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        let child = TraceParent::child_of(Some(&incoming));
+        assert_eq!(child.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(child.parent_id, "00f067aa0ba902b7");
+        assert!(TraceParent::parse(&child.to_header()).is_some());
+        let fresh = TraceParent::child_of(Some(&HeaderValue::from_static("garbage")));
+        assert_eq!(fresh.trace_id.len(), 32);
+        assert!(
+            TraceParent::parse("00-00000000000000000000000000000000-00f067aa0ba902b7-01").is_none()
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn parse_never_panics(s in "\\PC{0,80}") {
+            drop(TraceParent::parse(&s));
+        }
+    }
+}

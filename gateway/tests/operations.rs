@@ -1,0 +1,233 @@
+//! End-to-end: reload under load, refused reloads, graceful shutdown, connection limits.
+
+// Request helpers below are test code outside #[test] functions.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+fn config(ups: &[&TestUpstream], version: &str, extra_listener: &str) -> String {
+    format!(
+        r#"
+[global]
+drain_timeout = "20s"
+
+[admin]
+listen = "127.0.0.1:0"
+
+[listeners.web]
+listen = "127.0.0.1:0"
+{extra_listener}
+
+[upstreams.api]
+{members}
+
+[[routes]]
+name = "api"
+upstream = "api"
+[routes.response_headers]
+set = {{ x-config = "{version}" }}
+"#,
+        members = members(ups)
+    )
+}
+
+async fn reload(c: &TestClient, gw: &TestGateway) -> (StatusCode, String) {
+    let req = Request::post(gw.admin_url("/admin/reload"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (s, _, b) = send(c, req).await;
+    (s, b)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_under_load_loses_no_request() {
+    let a = TestUpstream::start("a", false).await;
+    let b = TestUpstream::start("b", false).await;
+    let gw = TestGateway::start(&config(&[&a, &b], "v0", "")).await;
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let url = gw.url("web", "/load");
+        let (failures, done) = (Arc::clone(&failures), Arc::clone(&done));
+        workers.push(tokio::spawn(async move {
+            let c = client();
+            for _ in 0..150 {
+                let req = Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+                match c.request(req).await {
+                    Ok(res) if res.status() == StatusCode::OK => {}
+                    _ => {
+                        failures.fetch_add(1, Ordering::SeqCst);
+                    }
+                }
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let admin = client();
+    for i in 1..=20 {
+        // Alternate the member set too: pools and member state carry over.
+        let ups: &[&TestUpstream] = if i % 2 == 0 { &[&a, &b] } else { &[&b] };
+        gw.rewrite(&config(ups, &format!("v{i}"), ""));
+        let (status, body) = reload(&admin, &gw).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert_eq!(done.load(Ordering::SeqCst), 600);
+    assert_eq!(failures.load(Ordering::SeqCst), 0);
+    let (_, headers, _) = get(&client(), &gw.url("web", "/")).await;
+    assert_eq!(headers["x-config"], "v20");
+    let (_, _, metrics) = get(&admin, &gw.admin_url("/metrics")).await;
+    assert!(metrics.contains("lb_gateway_config_reloads_total{result=\"success\"} 20"));
+}
+
+#[tokio::test]
+async fn invalid_reload_is_refused_with_every_error_and_old_config_serves() {
+    let a = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&[&a], "v1", "")).await;
+    let c = client();
+    gw.rewrite(&format!(
+        "{}\n[upstreams.bad]\nmembers = [{{ address = \"x\", weight = 0 }}]\n[[routes]]\nupstream = \"nope\"\n",
+        config(&[&a], "v2", "")
+    ));
+    let (status, body) = reload(&c, &gw).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let errors: Vec<String> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap().to_string())
+        .collect();
+    for want in [
+        "upstreams.bad.members[0].weight: must be > 0",
+        "upstreams.bad.members[0].address:",
+        "routes[1].upstream: no upstream named `nope`",
+    ] {
+        assert!(
+            errors.iter().any(|e| e.starts_with(want)),
+            "{want} not in {errors:#?}"
+        );
+    }
+    let (status, headers, _) = get(&c, &gw.url("web", "/")).await;
+    assert_eq!(
+        (status, headers["x-config"].to_str().unwrap()),
+        (StatusCode::OK, "v1")
+    );
+    // Syntax errors too.
+    gw.rewrite("[listeners.web\n");
+    assert_eq!(reload(&c, &gw).await.0, StatusCode::BAD_REQUEST);
+    // Listener address changes need a restart.
+    gw.rewrite(&config(&[&a], "v3", "").replace(
+        "[listeners.web]\nlisten = \"127.0.0.1:0\"",
+        "[listeners.web]\nlisten = \"127.0.0.2:0\"",
+    ));
+    let (status, body) = reload(&c, &gw).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("listeners.web.listen"), "{body}");
+    let (_, _, metrics) = get(&c, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("lb_gateway_config_reloads_total{result=\"failure\"} 3"),
+        "{metrics}"
+    );
+    assert_eq!(get(&c, &gw.url("web", "/")).await.1["x-config"], "v1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    let a = TestUpstream::start("a", false).await;
+    let mut gw = TestGateway::start(&config(&[&a], "v1", "")).await;
+    let addr = gw.addr("web");
+    let admin = client();
+    let mut inflight = Vec::new();
+    for _ in 0..3 {
+        let url = gw.url("web", "/hold");
+        inflight.push(tokio::spawn(async move { get(&client(), &url).await }));
+    }
+    a.wait_held(3).await;
+    // An idle keep-alive connection: it must be closed, not waited for.
+    let idle = client();
+    assert_eq!(get(&idle, &gw.url("web", "/")).await.0, StatusCode::OK);
+
+    let gateway = gw.gw.take().unwrap();
+    let shared = Arc::clone(gateway.shared());
+    let ready_url = format!("http://{}/health/ready", gateway.admin_addr().unwrap());
+    let draining = tokio::spawn(gateway.shutdown());
+    eventually("ready turns false", || async {
+        get(&admin, &ready_url).await.0 == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
+    eventually("new connections refused", || async {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    // Idle keep-alive closed; the three in-flight connections remain.
+    eventually("idle connection closed", || async {
+        shared.active_connections() == 3
+    })
+    .await;
+    a.state.release.notify_waiters();
+    for r in inflight {
+        let (status, _, body) = r.await.unwrap();
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "a /hold 0"));
+    }
+    let report = draining.await.unwrap();
+    assert_eq!(report.remaining_connections, 0);
+}
+
+#[tokio::test]
+async fn drain_deadline_reports_remaining_connections() {
+    let a = TestUpstream::start("a", false).await;
+    let mut gw = TestGateway::start(&config(&[&a], "v1", "")).await;
+    let url = gw.url("web", "/hold");
+    let stuck = tokio::spawn(async move { get(&client(), &url).await });
+    a.wait_held(1).await;
+    let report = gw
+        .gw
+        .take()
+        .unwrap()
+        .drain(std::time::Duration::from_millis(100))
+        .await;
+    assert_eq!(report.remaining_connections, 1);
+    a.state.release.notify_waiters();
+    stuck.abort();
+}
+
+#[tokio::test]
+async fn max_connections_holds_back_new_connections() {
+    let a = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&[&a], "v1", "max_connections = 1")).await;
+    let admin = client();
+    let mut first = TcpStream::connect(gw.addr("web")).await.unwrap();
+    first
+        .write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    a.wait_held(1).await;
+    let mut second = TcpStream::connect(gw.addr("web")).await.unwrap();
+    second
+        .write_all(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (_, _, body) = get(&admin, &gw.admin_url("/admin/connections")).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["active_connections"], 1);
+    assert_eq!(a.hits(), 1);
+    a.state.release.notify_waiters();
+    assert!(read_all(&mut first).await.starts_with("HTTP/1.1 200"));
+    let r = read_all(&mut second).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(a.hits(), 2);
+}

@@ -1,0 +1,198 @@
+//! End-to-end: routing, actions, rewrites and forwarding headers through a real gateway.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+use http::{Request, StatusCode};
+use http_body_util::Full;
+
+fn config(up: &TestUpstream) -> String {
+    format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[listeners.web]
+listen = "127.0.0.1:0"
+
+[upstreams.api]
+{members}
+
+[[routes]]
+name = "api"
+upstream = "api"
+strip_prefix = true
+match = {{ path_prefix = "/api" }}
+[routes.request_headers]
+set = {{ x-gateway = "yes" }}
+remove = ["x-secret"]
+[routes.response_headers]
+add = {{ x-served-by = "gw" }}
+remove = ["x-drop-me"]
+
+[[routes]]
+name = "users"
+upstream = "api"
+rewrite_prefix = "/v2/people"
+match = {{ path_prefix = "/users", methods = ["GET"] }}
+
+[[routes]]
+name = "old"
+match = {{ path_exact = "/old" }}
+redirect = {{ location = "https://example.com/new", status = 301 }}
+
+[[routes]]
+name = "ping"
+match = {{ path_exact = "/ping", hosts = ["ping.example.com"] }}
+respond = {{ status = 200, body = "pong", content_type = "text/plain" }}
+"#,
+        members = members(&[up])
+    )
+}
+
+#[tokio::test]
+async fn forwards_with_rewrites_and_forwarding_headers() {
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let c = client();
+    let req = Request::get(gw.url("web", "/api/items?x=1"))
+        .header("x-secret", "s")
+        .header("x-request-id", "client-id-1")
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("connection", "x-hop")
+        .header("x-hop", "1")
+        .header(
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        )
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, headers, body) = send(&c, req).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "a /items?x=1 0");
+    assert_eq!(headers["x-request-id"], "client-id-1");
+    assert_eq!(headers["x-served-by"], "gw");
+    assert!(headers.get("x-drop-me").is_none());
+    assert!(
+        headers.get("keep-alive").is_none(),
+        "hop-by-hop response header leaked"
+    );
+
+    let seen = up.state.seen.lock().unwrap().pop().unwrap();
+    let h = seen.1;
+    assert_eq!(h["x-gateway"], "yes");
+    assert!(h.get("x-secret").is_none());
+    assert!(
+        h.get("x-hop").is_none(),
+        "header named in Connection was forwarded"
+    );
+    assert_eq!(h["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], gw.addr("web").to_string());
+    assert!(
+        h["forwarded"]
+            .to_str()
+            .unwrap()
+            .starts_with("for=127.0.0.1;proto=http")
+    );
+    assert_eq!(h["x-request-id"], "client-id-1");
+    let tp = h["traceparent"].to_str().unwrap();
+    assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+    assert!(!tp.contains("00f067aa0ba902b7"));
+}
+
+#[tokio::test]
+async fn generates_request_id_and_traceparent() {
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let (status, headers, _) = get(&client(), &gw.url("web", "/api")).await;
+    assert_eq!(status, StatusCode::OK);
+    let id = headers["x-request-id"].to_str().unwrap();
+    assert_eq!(id.len(), 32);
+    let seen = up.state.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(seen.0, "/");
+    assert_eq!(seen.1["x-request-id"], id);
+    assert!(seen.1.contains_key("traceparent"));
+}
+
+#[tokio::test]
+async fn rewrite_redirect_fixed_response_and_no_route() {
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let c = client();
+    let (status, _, body) = get(&c, &gw.url("web", "/users/7")).await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "a /v2/people/7 0")
+    );
+
+    // Method condition: POST /users matches no route.
+    let post = Request::post(gw.url("web", "/users/7"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, post).await.0, StatusCode::NOT_FOUND);
+
+    let (status, headers, _) = get(&c, &gw.url("web", "/old")).await;
+    assert_eq!(status, StatusCode::MOVED_PERMANENTLY);
+    assert_eq!(headers["location"], "https://example.com/new");
+
+    let ping = Request::get(gw.url("web", "/ping"))
+        .header("host", "ping.example.com")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = send(&c, ping).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "pong"));
+    // Wrong host: no route.
+    assert_eq!(
+        get(&c, &gw.url("web", "/ping")).await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn post_bodies_are_forwarded() {
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let req = Request::post(gw.url("web", "/api/upload"))
+        .body(Full::new(Bytes::from(vec![b'x'; 5000])))
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a /upload 5000"));
+}
+
+#[tokio::test]
+async fn admin_endpoints() {
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("web", "/api")).await.0, StatusCode::OK);
+    assert_eq!(
+        get(&c, &gw.admin_url("/health/live")).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        get(&c, &gw.admin_url("/health/ready")).await.0,
+        StatusCode::OK
+    );
+    let (status, _, body) = get(&c, &gw.admin_url("/admin/connections")).await;
+    assert_eq!(status, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(v["active_connections"].as_u64().unwrap() >= 1, "{v}");
+    assert_eq!(v["draining"], false);
+    let (_, _, metrics) = get(&c, &gw.admin_url("/metrics")).await;
+    for name in [
+        "lb_gateway_requests_total{listener=\"web\",method=\"GET\",route=\"api\",status_class=\"2xx\"} 1",
+        "lb_gateway_request_duration_seconds_bucket",
+        "lb_gateway_active_connections{listener=\"web\"}",
+        "lb_gateway_upstream_member_healthy",
+        "lb_gateway_upstream_connections_opened_total{upstream=\"api\"} 1",
+    ] {
+        assert!(metrics.contains(name), "missing {name} in\n{metrics}");
+    }
+    assert_eq!(
+        get(&c, &gw.admin_url("/nope")).await.0,
+        StatusCode::NOT_FOUND
+    );
+}
