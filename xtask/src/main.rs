@@ -43,38 +43,16 @@ enum Command {
         #[arg(long)]
         keep: bool,
     },
-    /// Build, inspect or remove a lab of network namespaces by hand (root).
+    /// Build, inspect or remove a lab of network namespaces by hand (root): `up`,
+    /// `down`, `status`. The arguments go to `lb-lab` unchanged (`cargo xtask lab help`).
     Lab {
-        #[command(subcommand)]
-        action: LabAction,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
     },
     /// Benchmarks (never part of the test suite); results go in BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
         which: bench::Bench,
-    },
-}
-
-#[derive(Debug, Subcommand)]
-enum LabAction {
-    /// Build the standard topology and leave it up.
-    Up {
-        #[arg(long, default_value = "lab")]
-        prefix: String,
-        #[arg(long, default_value_t = 3)]
-        nodes: u8,
-        #[arg(long, default_value_t = 2)]
-        backends: u8,
-    },
-    /// Remove a lab and everything in it.
-    Down {
-        #[arg(long, default_value = "lab")]
-        prefix: String,
-    },
-    /// Show a lab.
-    Status {
-        #[arg(long, default_value = "lab")]
-        prefix: String,
     },
 }
 
@@ -94,25 +72,9 @@ fn main() -> anyhow::Result<()> {
             }
             lab(&args)
         }
-        Command::Lab { action } => {
+        Command::Lab { args } => {
             setup::run()?;
-            match action {
-                LabAction::Up {
-                    prefix,
-                    nodes,
-                    backends,
-                } => lab(&[
-                    "up",
-                    "--prefix",
-                    &prefix,
-                    "--nodes",
-                    &nodes.to_string(),
-                    "--backends",
-                    &backends.to_string(),
-                ]),
-                LabAction::Down { prefix } => lab(&["down", "--prefix", &prefix]),
-                LabAction::Status { prefix } => lab(&["status", "--prefix", &prefix]),
-            }
+            lab(&args.iter().map(String::as_str).collect::<Vec<_>>())
         }
         Command::Bench { which } => bench::run(which),
     }
