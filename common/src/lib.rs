@@ -6,8 +6,11 @@
 //! implement `aya::Pod` so userspace can read and write them in maps.
 #![cfg_attr(not(feature = "std"), no_std)]
 
+pub mod datapath;
 #[cfg(feature = "std")]
 pub mod maglev;
+#[cfg(feature = "std")]
+pub mod model;
 pub mod stats;
 
 pub use stats::{ExitReason, StatCounter};

@@ -4,6 +4,12 @@
 //! `EXIT_STATS` per-CPU array, so the sum over all reasons equals the number of packets
 //! the program has seen.
 
+/// XDP verdicts (the kernel's `enum xdp_action`).
+pub const XDP_ABORTED: u32 = 0;
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
+
 /// Why the XDP program returned the verdict it did. The discriminant is the index into
 /// the `EXIT_STATS` per-CPU array.
 #[repr(u32)]
@@ -54,6 +60,16 @@ impl ExitReason {
         ExitReason::DropNoGateway,
         ExitReason::Aborted,
     ];
+
+    /// The XDP verdict of this exit (`XDP_ABORTED` 0, `XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3).
+    pub const fn action(self) -> u32 {
+        match self {
+            ExitReason::DropMalformed | ExitReason::DropNoGateway => XDP_DROP,
+            ExitReason::Tx | ExitReason::IcmpForwarded => XDP_TX,
+            ExitReason::Aborted => XDP_ABORTED,
+            _ => XDP_PASS,
+        }
+    }
 
     /// Stable snake_case name, used as a metric label.
     pub const fn name(self) -> &'static str {

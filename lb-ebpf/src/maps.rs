@@ -1,9 +1,51 @@
-//! The maps of the data path. Userspace (lb-userspace's `dataplane` module) opens them by
-//! these names.
-use aya_ebpf::{macros::map, maps::PerCpuArray};
-use lb_common::{ExitReason, StatCounter};
+//! The maps of the data path. Names, sizes and layouts come from `lb_common::datapath`;
+//! userspace (lb-userspace's `dataplane` module) opens them by the same names.
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+};
+use lb_common::{
+    ExitReason, StatCounter,
+    datapath::{
+        DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIP_ENTRIES,
+        MAX_VIPS, NodeConfig, RING_SIZE, VipKey, VipStats, VipValue,
+    },
+};
+
+/// Services (address, port, protocol) and address-only entries.
+#[map(name = "VIPS")]
+pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIP_ENTRIES, 0);
+
+/// Active ring copy (0 or 1) per VIP id. Userspace flips it after writing the other copy.
+#[map(name = "RING_SELECT")]
+pub static RING_SELECT: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
+
+/// Two Maglev rings of `RING_SIZE` gateway ids per VIP id.
+#[map(name = "RINGS")]
+pub static RINGS: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * RING_SIZE, 0);
+
+/// Gateway nodes by id.
+#[map(name = "GATEWAYS")]
+pub static GATEWAYS: Array<GatewayValue> = Array::with_max_entries(MAX_GATEWAYS, 0);
+
+/// This node (one entry).
+#[map(name = "NODE")]
+pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
+
+/// The connection table. Its size is set by the loader.
+#[map(name = "FLOWS")]
+pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
 
 /// One counter per [`ExitReason`]; every exit path bumps exactly one.
 #[map(name = "EXIT_STATS")]
 pub static EXIT_STATS: PerCpuArray<StatCounter> =
     PerCpuArray::with_max_entries(ExitReason::COUNT, 0);
+
+/// Per-VIP packets, bytes and new flows.
+#[map(name = "VIP_STATS")]
+pub static VIP_STATS: PerCpuArray<VipStats> = PerCpuArray::with_max_entries(MAX_VIPS, 0);
+
+/// Per-gateway packets and bytes sent to it (or passed locally).
+#[map(name = "GATEWAY_STATS")]
+pub static GATEWAY_STATS: PerCpuArray<StatCounter> = PerCpuArray::with_max_entries(MAX_GATEWAYS, 0);

@@ -1,56 +1,496 @@
-//! The per-packet decision. Every return goes through [`exit`], which bumps the counter
-//! of its reason, so no exit is uncounted.
-use aya_ebpf::{bindings::xdp_action, programs::XdpContext};
-use lb_common::ExitReason;
+//! The per-packet decision. It follows the reference model (`lb_common::model`, which
+//! documents every step) step for step; the differential test holds the two equal.
+//!
+//! Every return goes through [`run`]'s single exit, which bumps the counter of its reason,
+//! so no exit is uncounted. Reads that fail after the model's bounds checks passed cannot
+//! happen (the checks bound them inside the frame); they exist for the verifier and end
+//! in `aborted`.
+use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use lb_common::{
+    ExitReason,
+    datapath::{
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
+        GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, NO_GATEWAY,
+        NODE_F_V4, NODE_F_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
+        PROTO_UDP, VIP_F_NO_CONNTRACK, VipKey, VipValue, addr_eq, addr4_eq, flow_hash,
+        is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
+    },
+};
 
-use crate::{maps::EXIT_STATS, packet};
+use crate::{
+    maps::{EXIT_STATS, FLOWS, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_STATS, VIPS},
+    packet::{be16_at, read, u8_at, write},
+};
 
-const ETH_HLEN: usize = 14;
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86dd;
-const ETH_P_8021Q: u16 = 0x8100;
+const VLAN_L3: usize = ETH_HLEN + 4;
+
+enum Step {
+    Done(ExitReason),
+    Forward {
+        gw: u32,
+        icmp: bool,
+    },
+    /// Strip `outer` bytes after the Ethernet header of length `l3`.
+    Decap {
+        l3: usize,
+        outer: usize,
+    },
+}
+
+#[derive(Clone, Copy)]
+struct Ip {
+    family: u8,
+    l4: usize,
+    end: usize,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let reason = classify(ctx);
-    exit(ctx, reason)
-}
-
-#[inline(always)]
-fn classify(ctx: &XdpContext) -> ExitReason {
-    let Some(mut proto) = packet::read_be16(ctx, 12) else {
-        return ExitReason::PassNotIp;
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let step = classify(ctx).unwrap_or(Step::Done(ExitReason::Aborted));
+    let reason = match step {
+        Step::Done(r) => r,
+        Step::Forward { gw, icmp } => forward(ctx, gw, icmp, len).unwrap_or(ExitReason::Aborted),
+        Step::Decap { l3, outer } => decap(ctx, l3, outer).unwrap_or(ExitReason::Aborted),
     };
-    let mut _l3 = ETH_HLEN;
-    if proto == ETH_P_8021Q {
-        match packet::read_be16(ctx, 16) {
-            Some(inner) => {
-                proto = inner;
-                _l3 += 4;
-            }
-            None => return ExitReason::PassNotIp,
-        }
-    }
-    match proto {
-        ETH_P_IP | ETH_P_IPV6 => ExitReason::PassNotVip,
-        _ => ExitReason::PassNotIp,
-    }
-}
-
-#[inline(always)]
-fn exit(ctx: &XdpContext, reason: ExitReason) -> u32 {
     if let Some(c) = EXIT_STATS.get_ptr_mut(reason as u32) {
-        let len = (ctx.data_end() - ctx.data()) as u64;
         // SAFETY: per-CPU slot returned by the map; no other writer on this CPU.
         unsafe {
             (*c).packets += 1;
             (*c).bytes += len;
         }
     }
-    match reason {
-        ExitReason::DropMalformed | ExitReason::DropNoGateway => xdp_action::XDP_DROP,
-        ExitReason::Tx | ExitReason::IcmpForwarded => xdp_action::XDP_TX,
-        ExitReason::Aborted => xdp_action::XDP_ABORTED,
-        _ => xdp_action::XDP_PASS,
+    reason.action()
+}
+
+#[inline(always)]
+fn is_vip_addr(family: u8, addr: [u8; 16]) -> bool {
+    VIPS.get_ptr(VipKey::address(family, addr)).is_some()
+}
+
+#[inline(always)]
+fn malformed(family: u8, dst: [u8; 16]) -> Step {
+    if is_vip_addr(family, dst) {
+        Step::Done(ExitReason::DropMalformed)
+    } else {
+        Step::Done(ExitReason::PassNotVip)
     }
+}
+
+/// The frame length, for the logical checks of the model. Hidden from the optimiser:
+/// otherwise LLVM derives pointer bounds from checks against it and drops the pointer
+/// checks the verifier needs ("invalid access to packet").
+#[inline(always)]
+fn frame_len(ctx: &XdpContext) -> usize {
+    core::hint::black_box(ctx.data_end() - ctx.data())
+}
+
+#[inline(always)]
+fn classify(ctx: &XdpContext) -> Option<Step> {
+    let len = frame_len(ctx);
+    if len < ETH_HLEN {
+        return Some(Step::Done(ExitReason::PassNotIp));
+    }
+    let proto = be16_at(ctx, 12)?;
+    if proto == ETH_P_8021Q {
+        if len < VLAN_L3 {
+            return Some(Step::Done(ExitReason::PassNotIp));
+        }
+        return match be16_at(ctx, 16)? {
+            ETH_P_IP => ipv4(ctx, VLAN_L3),
+            ETH_P_IPV6 => ipv6(ctx, VLAN_L3),
+            _ => Some(Step::Done(ExitReason::PassNotIp)),
+        };
+    }
+    match proto {
+        ETH_P_IP => ipv4(ctx, ETH_HLEN),
+        ETH_P_IPV6 => ipv6(ctx, ETH_HLEN),
+        _ => Some(Step::Done(ExitReason::PassNotIp)),
+    }
+}
+
+#[inline(always)]
+fn ipv4(ctx: &XdpContext, l3: usize) -> Option<Step> {
+    let len = frame_len(ctx);
+    if len < l3 + IPV4_HLEN {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    }
+    let dst = v4_field(read::<[u8; 4]>(ctx, l3 + 16)?);
+    let vhl = u8_at(ctx, l3)?;
+    let ihl = ((vhl & 0x0f) as usize) * 4;
+    let total = be16_at(ctx, l3 + 2)? as usize;
+    if vhl >> 4 != 4 || ihl < IPV4_HLEN || total < ihl || l3 + total > len {
+        return Some(malformed(FAMILY_V4, dst));
+    }
+    let ip = Ip {
+        family: FAMILY_V4,
+        l4: l3 + ihl,
+        end: l3 + total,
+        src: v4_field(read::<[u8; 4]>(ctx, l3 + 12)?),
+        dst,
+    };
+    let proto = u8_at(ctx, l3 + 9)?;
+    let fragmented = be16_at(ctx, l3 + 6)? & 0x3fff != 0;
+    if proto == PROTO_IPIP {
+        return decap_check(ctx, &ip, l3, ihl, fragmented);
+    }
+    if fragmented {
+        return Some(Step::Done(if is_vip_addr(FAMILY_V4, dst) {
+            ExitReason::PassFragment
+        } else {
+            ExitReason::PassNotVip
+        }));
+    }
+    match proto {
+        PROTO_ICMP => icmp(ctx, &ip),
+        PROTO_TCP | PROTO_UDP => transport(ctx, &ip, proto),
+        _ => Some(Step::Done(ExitReason::PassNotVip)),
+    }
+}
+
+#[inline(always)]
+fn ipv6(ctx: &XdpContext, l3: usize) -> Option<Step> {
+    let len = frame_len(ctx);
+    if len < l3 + IPV6_HLEN {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    }
+    let dst = read::<[u8; 16]>(ctx, l3 + 24)?;
+    let payload = be16_at(ctx, l3 + 4)? as usize;
+    if u8_at(ctx, l3)? >> 4 != 6 || l3 + IPV6_HLEN + payload > len {
+        return Some(malformed(FAMILY_V6, dst));
+    }
+    let ip = Ip {
+        family: FAMILY_V6,
+        l4: l3 + IPV6_HLEN,
+        end: l3 + IPV6_HLEN + payload,
+        src: read::<[u8; 16]>(ctx, l3 + 8)?,
+        dst,
+    };
+    let nh = u8_at(ctx, l3 + 6)?;
+    match nh {
+        PROTO_IPV6 => decap_check(ctx, &ip, l3, IPV6_HLEN, false),
+        PROTO_ICMPV6 => icmp(ctx, &ip),
+        PROTO_TCP | PROTO_UDP => transport(ctx, &ip, nh),
+        _ => Some(Step::Done(
+            if is_ipv6_extension(nh) && is_vip_addr(FAMILY_V6, dst) {
+                ExitReason::PassIpv6Ext
+            } else {
+                ExitReason::PassNotVip
+            },
+        )),
+    }
+}
+
+#[inline(always)]
+fn decap_check(
+    ctx: &XdpContext,
+    ip: &Ip,
+    l3: usize,
+    outer: usize,
+    fragmented: bool,
+) -> Option<Step> {
+    let node = NODE.get(0)?;
+    let inner = ip.l4;
+    let ours = if ip.family == FAMILY_V4 {
+        node.flags & NODE_F_V4 != 0
+            && addr4_eq(v4_of(&ip.dst), node.addr4)
+            && !fragmented
+            && inner + IPV4_HLEN <= ip.end
+            && u8_at(ctx, inner)? >> 4 == 4
+            && is_vip_addr(FAMILY_V4, v4_field(read::<[u8; 4]>(ctx, inner + 16)?))
+    } else {
+        node.flags & NODE_F_V6 != 0
+            && addr_eq(&ip.dst, &node.addr6)
+            && inner + IPV6_HLEN <= ip.end
+            && u8_at(ctx, inner)? >> 4 == 6
+            && is_vip_addr(FAMILY_V6, read::<[u8; 16]>(ctx, inner + 24)?)
+    };
+    Some(if ours {
+        Step::Decap { l3, outer }
+    } else {
+        Step::Done(ExitReason::PassEncapOther)
+    })
+}
+
+#[inline(always)]
+fn gateway_valid(gw: u32) -> bool {
+    GATEWAYS.get(gw).is_some_and(|g| g.flags & GW_F_VALID != 0)
+}
+
+#[inline(always)]
+fn ring_pick(vip: &VipValue, key: &FlowKey) -> u32 {
+    let Some(select) = RING_SELECT.get(vip.id) else {
+        return NO_GATEWAY;
+    };
+    let idx = ring_index(vip.id, *select, flow_hash(key, vip.flags));
+    match RINGS.get(idx) {
+        Some(gw) => *gw,
+        None => NO_GATEWAY,
+    }
+}
+
+#[inline(always)]
+fn lookup_flow(key: &FlowKey) -> u32 {
+    // SAFETY: the value is copied out at once; a concurrent update can at worst give a
+    // stale gateway id, which is then checked like any other.
+    match unsafe { FLOWS.get(key) } {
+        Some(v) if gateway_valid(v.gateway) => v.gateway,
+        _ => NO_GATEWAY,
+    }
+}
+
+#[inline(always)]
+fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
+    let l4 = ip.l4;
+    if l4 + 8 > ip.end {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    }
+    let ty = u8_at(ctx, l4)?;
+    let q = l4 + 8;
+    let (qsrc, qdst, ql4, qproto) = if ip.family == FAMILY_V4 {
+        if ty != 3 || q + IPV4_HLEN > ip.end {
+            return Some(Step::Done(ExitReason::PassNotVip));
+        }
+        let vhl = u8_at(ctx, q)?;
+        if vhl >> 4 != 4 || vhl & 0x0f < 5 {
+            return Some(Step::Done(ExitReason::PassNotVip));
+        }
+        (
+            v4_field(read::<[u8; 4]>(ctx, q + 12)?),
+            v4_field(read::<[u8; 4]>(ctx, q + 16)?),
+            q + ((vhl & 0x0f) as usize) * 4,
+            u8_at(ctx, q + 9)?,
+        )
+    } else {
+        if (ty != 1 && ty != 2) || q + IPV6_HLEN > ip.end || u8_at(ctx, q)? >> 4 != 6 {
+            return Some(Step::Done(ExitReason::PassNotVip));
+        }
+        (
+            read::<[u8; 16]>(ctx, q + 8)?,
+            read::<[u8; 16]>(ctx, q + 24)?,
+            q + IPV6_HLEN,
+            u8_at(ctx, q + 6)?,
+        )
+    };
+    if (qproto != PROTO_TCP && qproto != PROTO_UDP) || ql4 + 8 > ip.end {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    }
+    let qsport = read::<[u8; 2]>(ctx, ql4)?;
+    let qdport = read::<[u8; 2]>(ctx, ql4 + 2)?;
+    let vkey = VipKey {
+        addr: qsrc,
+        port: qsport,
+        proto: qproto,
+        family: ip.family,
+    };
+    // SAFETY: copied out at once.
+    let Some(vip) = (unsafe { VIPS.get(vkey) }).copied() else {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    };
+    let key = FlowKey {
+        src: qdst,
+        dst: qsrc,
+        sport: qdport,
+        dport: qsport,
+        proto: qproto,
+        family: ip.family,
+        _pad: [0; 2],
+    };
+    let mut gw = NO_GATEWAY;
+    if vip.flags & VIP_F_NO_CONNTRACK == 0 {
+        gw = lookup_flow(&key);
+    }
+    if gw == NO_GATEWAY {
+        gw = ring_pick(&vip, &key);
+        if !gateway_valid(gw) {
+            return Some(Step::Done(ExitReason::DropNoGateway));
+        }
+    }
+    Some(Step::Forward { gw, icmp: true })
+}
+
+#[inline(always)]
+fn transport(ctx: &XdpContext, ip: &Ip, proto: u8) -> Option<Step> {
+    let l4 = ip.l4;
+    let ok = if proto == PROTO_TCP {
+        l4 + 20 <= ip.end && {
+            let doff = ((u8_at(ctx, l4 + 12)? >> 4) as usize) * 4;
+            doff >= 20 && l4 + doff <= ip.end
+        }
+    } else {
+        l4 + 8 <= ip.end && {
+            let ulen = be16_at(ctx, l4 + 4)? as usize;
+            ulen >= 8 && l4 + ulen <= ip.end
+        }
+    };
+    if !ok {
+        return Some(malformed(ip.family, ip.dst));
+    }
+    let sport = read::<[u8; 2]>(ctx, l4)?;
+    let dport = read::<[u8; 2]>(ctx, l4 + 2)?;
+    let vkey = VipKey {
+        addr: ip.dst,
+        port: dport,
+        proto,
+        family: ip.family,
+    };
+    // SAFETY: copied out at once.
+    let Some(vip) = (unsafe { VIPS.get(vkey) }).copied() else {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    };
+    let len = frame_len(ctx) as u64;
+    let stats = VIP_STATS.get_ptr_mut(vip.id);
+    if let Some(s) = stats {
+        // SAFETY: per-CPU slot; no other writer on this CPU.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+        }
+    }
+    let key = FlowKey {
+        src: ip.src,
+        dst: ip.dst,
+        sport,
+        dport,
+        proto,
+        family: ip.family,
+        _pad: [0; 2],
+    };
+    let syn = proto == PROTO_TCP && u8_at(ctx, l4 + 13)? & 0x12 == 0x02;
+    let conntrack = vip.flags & VIP_F_NO_CONNTRACK == 0;
+    let mut gw = NO_GATEWAY;
+    if conntrack && !syn {
+        gw = lookup_flow(&key);
+    }
+    if gw == NO_GATEWAY {
+        gw = ring_pick(&vip, &key);
+        if !gateway_valid(gw) {
+            return Some(Step::Done(ExitReason::DropNoGateway));
+        }
+        if let Some(s) = stats {
+            // SAFETY: as above.
+            unsafe { (*s).new_flows += 1 };
+        }
+        if conntrack {
+            // A failed insert (out of memory) only costs the flow its pinning; the ring
+            // gives the same gateway while the ring is unchanged.
+            let _ = FLOWS.insert(key, FlowValue { gateway: gw }, 0);
+        }
+    }
+    Some(Step::Forward { gw, icmp: false })
+}
+
+#[inline(always)]
+fn count_gateway(gw: u32, len: u64) {
+    if let Some(s) = GATEWAY_STATS.get_ptr_mut(gw) {
+        // SAFETY: per-CPU slot; no other writer on this CPU.
+        unsafe {
+            (*s).packets += 1;
+            (*s).bytes += len;
+        }
+    }
+}
+
+#[inline(always)]
+fn adjust_head(ctx: &XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: the helper checks the new head against the frame's headroom and tail.
+    let r = unsafe { bpf_xdp_adjust_head(ctx.ctx, delta) };
+    if r == 0 { Some(()) } else { None }
+}
+
+/// Writes the Ethernet header of an encapsulated frame: MACs, the VLAN tag of the input
+/// when it had one, and the EtherType.
+#[inline(always)]
+fn write_eth(
+    ctx: &XdpContext,
+    g: &GatewayValue,
+    src: &[u8; 6],
+    vlan: Option<[u8; 2]>,
+    proto: u16,
+) -> Option<()> {
+    write(ctx, 0, g.mac)?;
+    write(ctx, 6, *src)?;
+    let p = proto.to_be_bytes();
+    match vlan {
+        Some(tci) => write(ctx, 12, [0x81, 0x00, tci[0], tci[1], p[0], p[1]]),
+        None => write(ctx, 12, p),
+    }
+}
+
+#[inline(always)]
+fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason> {
+    let g = *GATEWAYS.get(gw)?;
+    if g.flags & GW_F_LOCAL != 0 {
+        count_gateway(gw, len);
+        return Some(ExitReason::Local);
+    }
+    let node = *NODE.get(0)?;
+    let mut proto = be16_at(ctx, 12)?;
+    let mut vlan = None;
+    let mut l3 = ETH_HLEN;
+    if proto == ETH_P_8021Q {
+        vlan = Some(read::<[u8; 2]>(ctx, 14)?);
+        proto = be16_at(ctx, 16)?;
+        l3 = VLAN_L3;
+    }
+    if proto == ETH_P_IP {
+        if node.flags & NODE_F_V4 == 0 || g.flags & GW_F_V4 == 0 {
+            return Some(ExitReason::DropNoGateway);
+        }
+        let outer = outer_ipv4(
+            u8_at(ctx, l3 + 1)?,
+            be16_at(ctx, l3 + 2)?,
+            u8_at(ctx, l3 + 6)? & 0x40 != 0,
+            node.addr4,
+            g.addr4,
+        );
+        adjust_head(ctx, -(IPV4_HLEN as i32))?;
+        write_eth(ctx, &g, &node.mac, vlan, ETH_P_IP)?;
+        if vlan.is_some() {
+            write(ctx, VLAN_L3, outer)?;
+        } else {
+            write(ctx, ETH_HLEN, outer)?;
+        }
+    } else {
+        if node.flags & NODE_F_V6 == 0 || g.flags & GW_F_V6 == 0 {
+            return Some(ExitReason::DropNoGateway);
+        }
+        let outer = outer_ipv6(
+            read::<[u8; 4]>(ctx, l3)?,
+            be16_at(ctx, l3 + 4)?,
+            &node.addr6,
+            &g.addr6,
+        );
+        adjust_head(ctx, -(IPV6_HLEN as i32))?;
+        write_eth(ctx, &g, &node.mac, vlan, ETH_P_IPV6)?;
+        if vlan.is_some() {
+            write(ctx, VLAN_L3, outer)?;
+        } else {
+            write(ctx, ETH_HLEN, outer)?;
+        }
+    }
+    count_gateway(gw, len);
+    Some(if icmp {
+        ExitReason::IcmpForwarded
+    } else {
+        ExitReason::Tx
+    })
+}
+
+#[inline(always)]
+fn decap(ctx: &XdpContext, l3: usize, outer: usize) -> Option<ExitReason> {
+    // `outer` is 20..=60 (IPv4, from the IHL) or 40 (IPv6).
+    let outer = outer & 0x3f;
+    if l3 == VLAN_L3 {
+        let eth = read::<[u8; VLAN_L3]>(ctx, 0)?;
+        adjust_head(ctx, outer as i32)?;
+        write(ctx, 0, eth)?;
+    } else {
+        let eth = read::<[u8; ETH_HLEN]>(ctx, 0)?;
+        adjust_head(ctx, outer as i32)?;
+        write(ctx, 0, eth)?;
+    }
+    Some(ExitReason::Decap)
 }

@@ -11,15 +11,26 @@ use std::{
     path::{Path, PathBuf},
 };
 
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
 use aya::{
-    Ebpf,
-    maps::{Map, MapData, PerCpuArray},
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
     programs::{
-        Xdp, XdpMode,
+        TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
     },
 };
-use lb_common::{ExitReason, StatCounter};
+use lb_common::{
+    ExitReason, StatCounter,
+    datapath::{
+        FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_SIZE, VipKey,
+        VipStats, VipValue, map_names,
+    },
+};
 
 /// The data-path object, built from `lb-ebpf/src/main.rs`.
 pub static LB_XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp"));
@@ -77,6 +88,20 @@ pub enum DataplaneError {
         path: PathBuf,
         #[source]
         source: Box<aya::pin::PinError>,
+    },
+    #[error("{what} {index} is out of range (the data path holds {max})")]
+    OutOfRange {
+        what: &'static str,
+        index: u32,
+        max: u32,
+    },
+    #[error("a ring must have exactly {expected} slots, got {got}")]
+    RingSize { expected: u32, got: usize },
+    #[error("test run of {name} failed: {source}")]
+    TestRun {
+        name: &'static str,
+        #[source]
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("{path}: {source}")]
     Io {
@@ -136,26 +161,239 @@ impl ExitStats {
     }
 }
 
+/// Sizes chosen at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Entries of the LRU connection table (about 100 bytes of kernel memory each).
+    pub flow_table_size: u32,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions {
+            flow_table_size: lb_common::datapath::DEFAULT_FLOW_TABLE_SIZE,
+        }
+    }
+}
+
+/// How long the ring writer waits after flipping a VIP's ring before it writes the copy
+/// that was active: longer than any run of the XDP program (microseconds), so no packet
+/// that read the old selector can still be reading that copy.
+pub const RING_GRACE: Duration = Duration::from_millis(5);
+
+/// Per-VIP state of the double-buffered ring writer.
+#[derive(Debug)]
+struct RingShadow {
+    /// What userspace last wrote to each copy (both start zero-filled, as the kernel's).
+    copies: [Vec<u32>; 2],
+    active: u32,
+    flipped: Option<Instant>,
+}
+
 /// The loaded data-path program and its maps.
 #[derive(Debug)]
 pub struct Dataplane {
     ebpf: Ebpf,
     /// Links of unpinned attachments: dropping one detaches the program.
     links: Vec<FdLink>,
+    rings: HashMap<u32, RingShadow>,
 }
 
 impl Dataplane {
     /// Loads [`LB_XDP_OBJECT`] into the kernel (maps created, program verified), not
-    /// attached yet.
+    /// attached yet, with the default sizes.
     pub fn load() -> Result<Self> {
-        let mut ebpf = Ebpf::load(LB_XDP_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        Self::load_with(&LoadOptions::default())
+    }
+
+    /// Loads [`LB_XDP_OBJECT`] with the given sizes.
+    pub fn load_with(opts: &LoadOptions) -> Result<Self> {
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(map_names::FLOWS, opts.flow_table_size)
+            .load(LB_XDP_OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         xdp_program(&mut ebpf, LB_PROGRAM)?
             .load()
             .map_err(|e| program_error(LB_PROGRAM, e))?;
         Ok(Dataplane {
             ebpf,
             links: Vec::new(),
+            rings: HashMap::new(),
         })
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })
+    }
+
+    fn map(&self, name: &'static str) -> Result<&Map> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })
+    }
+
+    /// Sets this node's addresses and MAC (the `NODE` map).
+    pub fn set_node(&mut self, node: &NodeConfig) -> Result<()> {
+        let name = map_names::NODE;
+        let mut a = Array::<_, NodeConfig>::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        a.set(0, node, 0).map_err(map_err(name))
+    }
+
+    /// Sets gateway `id` (`flags = 0` takes it out: its flows are re-hashed).
+    pub fn set_gateway(&mut self, id: u32, gw: &GatewayValue) -> Result<()> {
+        check_range("gateway id", id, MAX_GATEWAYS)?;
+        let name = map_names::GATEWAYS;
+        let mut a =
+            Array::<_, GatewayValue>::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        a.set(id, gw, 0).map_err(map_err(name))
+    }
+
+    /// Adds or replaces a VIP entry (a service, or an address entry with
+    /// [`lb_common::datapath::VIP_F_ADDRESS`]). Write the VIP's ring first.
+    pub fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<()> {
+        if value.flags & lb_common::datapath::VIP_F_ADDRESS == 0 {
+            check_range("VIP id", value.id, MAX_VIPS)?;
+        }
+        let name = map_names::VIPS;
+        let mut m = BpfHashMap::<_, VipKey, VipValue>::try_from(self.map_mut(name)?)
+            .map_err(map_err(name))?;
+        m.insert(key, value, 0).map_err(map_err(name))
+    }
+
+    /// Removes a VIP entry; removing one that is not there is not an error.
+    pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
+        let name = map_names::VIPS;
+        let mut m = BpfHashMap::<_, VipKey, VipValue>::try_from(self.map_mut(name)?)
+            .map_err(map_err(name))?;
+        match m.remove(key) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(map_err(name)(e)),
+        }
+    }
+
+    /// The VIP entries in the map.
+    pub fn vips(&self) -> Result<Vec<(VipKey, VipValue)>> {
+        let name = map_names::VIPS;
+        let m =
+            BpfHashMap::<_, VipKey, VipValue>::try_from(self.map(name)?).map_err(map_err(name))?;
+        m.iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(name))
+    }
+
+    /// Installs `ring` (exactly [`RING_SIZE`] gateway ids) as VIP `vip_id`'s ring without a
+    /// packet ever seeing a half-written ring: the inactive copy is written (only the slots
+    /// that differ from what it holds), then the selector flips to it in one 4-byte write.
+    /// Returns the number of slots written.
+    pub fn write_ring(&mut self, vip_id: u32, ring: &[u32]) -> Result<usize> {
+        check_range("VIP id", vip_id, MAX_VIPS)?;
+        if ring.len() != RING_SIZE as usize {
+            return Err(DataplaneError::RingSize {
+                expected: RING_SIZE,
+                got: ring.len(),
+            });
+        }
+        let shadow = self.rings.entry(vip_id).or_insert_with(|| RingShadow {
+            copies: [
+                vec![0; RING_SIZE as usize],
+                vec![0; RING_SIZE as usize],
+            ],
+            active: 0,
+            flipped: None,
+        });
+        if let Some(at) = shadow.flipped {
+            let since = at.elapsed();
+            if since < RING_GRACE {
+                std::thread::sleep(RING_GRACE - since);
+            }
+        }
+        let target = 1 - shadow.active;
+        let name = map_names::RINGS;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        let mut rings = Array::<_, u32>::try_from(map).map_err(map_err(name))?;
+        let base = (vip_id * 2 + target) * RING_SIZE;
+        let copy = &mut shadow.copies[target as usize];
+        let mut written = 0;
+        for (slot, (old, new)) in copy.iter_mut().zip(ring).enumerate() {
+            if old != new {
+                rings
+                    .set(base + slot as u32, *new, 0)
+                    .map_err(map_err(name))?;
+                *old = *new;
+                written += 1;
+            }
+        }
+        let name = map_names::RING_SELECT;
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap { name })?;
+        let mut select = Array::<_, u32>::try_from(map).map_err(map_err(name))?;
+        select.set(vip_id, target, 0).map_err(map_err(name))?;
+        shadow.active = target;
+        shadow.flipped = Some(Instant::now());
+        Ok(written)
+    }
+
+    /// The ring copy the data path currently uses for `vip_id`, read back from the kernel.
+    pub fn active_ring(&self, vip_id: u32) -> Result<Vec<u32>> {
+        check_range("VIP id", vip_id, MAX_VIPS)?;
+        let name = map_names::RING_SELECT;
+        let select = Array::<_, u32>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let active = select.get(&vip_id, 0).map_err(map_err(name))? & 1;
+        let name = map_names::RINGS;
+        let rings = Array::<_, u32>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let base = (vip_id * 2 + active) * RING_SIZE;
+        (0..RING_SIZE)
+            .map(|i| rings.get(&(base + i), 0).map_err(map_err(name)))
+            .collect()
+    }
+
+    /// The connection table's entries (walks the whole table: for tests and diagnostics).
+    pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let name = map_names::FLOWS;
+        let m =
+            BpfHashMap::<_, FlowKey, FlowValue>::try_from(self.map(name)?).map_err(map_err(name))?;
+        m.iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(name))
+    }
+
+    /// Per-VIP counters of `vip_id`, summed over CPUs.
+    pub fn vip_stats(&self, vip_id: u32) -> Result<VipStats> {
+        check_range("VIP id", vip_id, MAX_VIPS)?;
+        let name = map_names::VIP_STATS;
+        let a = PerCpuArray::<_, VipStats>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let per_cpu = a.get(&vip_id, 0).map_err(map_err(name))?;
+        Ok(per_cpu.iter().fold(VipStats::default(), |acc, c| VipStats {
+            packets: acc.packets + c.packets,
+            bytes: acc.bytes + c.bytes,
+            new_flows: acc.new_flows + c.new_flows,
+        }))
+    }
+
+    /// Per-gateway counters of gateway `id`, summed over CPUs.
+    pub fn gateway_stats(&self, id: u32) -> Result<StatCounter> {
+        check_range("gateway id", id, MAX_GATEWAYS)?;
+        let name = map_names::GATEWAY_STATS;
+        let a = PerCpuArray::<_, StatCounter>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let per_cpu = a.get(&id, 0).map_err(map_err(name))?;
+        Ok(sum_counters(per_cpu.iter()))
+    }
+
+    /// Runs the program once over `frame` with BPF_PROG_TEST_RUN (no interface needed).
+    /// Returns the verdict, the frame as the program left it, and the kernel's timing.
+    pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(LB_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram { name: LB_PROGRAM })?
+            .try_into()
+            .map_err(|e| program_error(LB_PROGRAM, e))?;
+        test_run_xdp(prog, LB_PROGRAM, frame)
     }
 
     /// Attaches the data path to `iface` (in the calling thread's network namespace) for
@@ -209,6 +447,90 @@ impl Dataplane {
     }
 }
 
+/// One BPF_PROG_TEST_RUN of an XDP program.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TestRunOutput {
+    /// `XDP_ABORTED` 0, `XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3.
+    pub action: u32,
+    pub frame: Vec<u8>,
+    /// The kernel's measure of the run.
+    pub duration: Duration,
+}
+
+fn test_run_xdp(prog: &Xdp, name: &'static str, frame: &[u8]) -> Result<TestRunOutput> {
+    // Room for the largest growth (an IPv6 outer header) and then some.
+    let mut out = vec![0u8; frame.len() + 256];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .map_err(|e| DataplaneError::TestRun {
+            name,
+            source: Box::new(e),
+        })?;
+    out.truncate(r.data_size_out as usize);
+    Ok(TestRunOutput {
+        action: r.return_value,
+        frame: out,
+        duration: r.duration,
+    })
+}
+
+/// The map-less helper programs, loaded for test runs (the benchmark's floor).
+#[derive(Debug)]
+pub struct HelperPrograms {
+    ebpf: Ebpf,
+}
+
+impl HelperPrograms {
+    /// Loads [`PASS_OBJECT`] and its programs `xdp_pass` and `xdp_floor`.
+    pub fn load() -> Result<Self> {
+        let mut ebpf = Ebpf::load(PASS_OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        for name in ["xdp_pass", "xdp_floor"] {
+            xdp_program(&mut ebpf, name)?
+                .load()
+                .map_err(|e| program_error(name, e))?;
+        }
+        Ok(HelperPrograms { ebpf })
+    }
+
+    /// One test run of `xdp_floor` (returns XDP_TX and touches nothing).
+    pub fn floor_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
+        let name = "xdp_floor";
+        let prog: &Xdp = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram { name })?
+            .try_into()
+            .map_err(|e| program_error(name, e))?;
+        test_run_xdp(prog, name, frame)
+    }
+}
+
+fn check_range(what: &'static str, index: u32, max: u32) -> Result<()> {
+    if index < max {
+        Ok(())
+    } else {
+        Err(DataplaneError::OutOfRange { what, index, max })
+    }
+}
+
+fn sum_counters<'a>(it: impl Iterator<Item = &'a StatCounter>) -> StatCounter {
+    it.fold(StatCounter::default(), |acc, c| StatCounter {
+        packets: acc.packets + c.packets,
+        bytes: acc.bytes + c.bytes,
+    })
+}
+
+fn map_err(name: &'static str) -> impl Fn(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        name,
+        source: Box::new(e),
+    }
+}
+
 /// Reads the counters of a data path attached with [`Dataplane::attach_pinned`].
 pub fn pinned_exit_stats(dir: &Path) -> Result<ExitStats> {
     let path = dir.join(EXIT_STATS_MAP);
@@ -255,13 +577,7 @@ fn read_exit_stats<T: std::borrow::Borrow<MapData>>(
     let mut counters = Vec::with_capacity(ExitReason::ALL.len());
     for reason in ExitReason::ALL {
         let per_cpu = array.get(&(reason as u32), 0).map_err(map_error)?;
-        let sum = per_cpu
-            .iter()
-            .fold(StatCounter::default(), |acc, c| StatCounter {
-                packets: acc.packets + c.packets,
-                bytes: acc.bytes + c.bytes,
-            });
-        counters.push((reason, sum));
+        counters.push((reason, sum_counters(per_cpu.iter())));
     }
     Ok(ExitStats { counters })
 }

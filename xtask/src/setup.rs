@@ -32,6 +32,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "haproxy",
     "wrk",
     "nghttp2-client",
+    // promtool, to check the agent's metrics output.
+    "prometheus",
 ];
 
 /// The bpf-linker release this project builds with (the newest that builds with LLVM 22

@@ -1,0 +1,484 @@
+//! The contract between the XDP program and userspace: map names, sizes, key and value
+//! layouts, flags, the flow hash and the encapsulation headers.
+//!
+//! Everything here compiles for the BPF target (`no_std`, no allocation) and is used by
+//! both sides, so the two agree byte for byte. The per-packet *algorithm* is specified by
+//! the reference model ([`crate::model`]); the XDP program (`lb-ebpf/src/path.rs`)
+//! implements the same steps and the differential test holds them equal.
+//!
+//! Conventions: addresses are stored as raw network-order bytes; an IPv4 address fills the
+//! first 4 bytes of a 16-byte field and the rest is zero. Ports are raw network-order bytes.
+
+/// Number of slots of every VIP's Maglev ring in the data path (a prime; Maglev's default).
+pub const RING_SIZE: u32 = 65537;
+/// Most VIPs (address, port, protocol) the data path holds; VIP ids are `0..MAX_VIPS`.
+pub const MAX_VIPS: u32 = 64;
+/// Most gateway nodes; gateway ids are `0..MAX_GATEWAYS`.
+pub const MAX_GATEWAYS: u32 = 1024;
+/// Most VIP address entries plus service entries in the `VIPS` hash map.
+pub const MAX_VIP_ENTRIES: u32 = 2 * MAX_VIPS;
+/// Size the program is compiled with for the connection table; the loader sets the real
+/// size at load time.
+pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
+/// A ring slot or flow entry that names no gateway.
+pub const NO_GATEWAY: u32 = u32::MAX;
+/// TTL / hop limit of the outer header of encapsulated packets.
+pub const OUTER_TTL: u8 = 64;
+
+/// Map names (the XDP program declares them; userspace opens them by these names).
+pub mod map_names {
+    /// `HashMap<VipKey, VipValue>`: services and VIP addresses.
+    pub const VIPS: &str = "VIPS";
+    /// `Array<u32>[MAX_VIPS]`: which ring copy (0 or 1) of each VIP is active.
+    pub const RING_SELECT: &str = "RING_SELECT";
+    /// `Array<u32>[MAX_VIPS * 2 * RING_SIZE]`: two Maglev rings per VIP.
+    pub const RINGS: &str = "RINGS";
+    /// `Array<GatewayValue>[MAX_GATEWAYS]`.
+    pub const GATEWAYS: &str = "GATEWAYS";
+    /// `Array<NodeConfig>[1]`: this node's addresses and MAC.
+    pub const NODE: &str = "NODE";
+    /// `LruHashMap<FlowKey, FlowValue>`: the connection table.
+    pub const FLOWS: &str = "FLOWS";
+    /// `PerCpuArray<StatCounter>[ExitReason::COUNT]`.
+    pub const EXIT_STATS: &str = "EXIT_STATS";
+    /// `PerCpuArray<VipStats>[MAX_VIPS]`.
+    pub const VIP_STATS: &str = "VIP_STATS";
+    /// `PerCpuArray<StatCounter>[MAX_GATEWAYS]`.
+    pub const GATEWAY_STATS: &str = "GATEWAY_STATS";
+}
+
+/// Address family tags used in keys.
+pub const FAMILY_V4: u8 = 4;
+pub const FAMILY_V6: u8 = 6;
+
+pub const PROTO_ICMP: u8 = 1;
+pub const PROTO_IPIP: u8 = 4;
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_IPV6: u8 = 41;
+pub const PROTO_ICMPV6: u8 = 58;
+
+pub const ETH_HLEN: usize = 14;
+pub const VLAN_HLEN: usize = 4;
+pub const ETH_P_IP: u16 = 0x0800;
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const ETH_P_8021Q: u16 = 0x8100;
+pub const IPV4_HLEN: usize = 20;
+pub const IPV6_HLEN: usize = 40;
+
+/// VIP entry flag: an address-only entry (port 0, protocol 0). Says "this address is a
+/// VIP", so malformed packets, fragments and extension headers to it are recognised
+/// without a port. Userspace writes one per VIP address.
+pub const VIP_F_ADDRESS: u32 = 1;
+/// Hash by client address only (ignore ports): every connection of one client goes to
+/// the same gateway.
+pub const VIP_F_HASH_SRC_ADDR: u32 = 2;
+/// Do not use the connection table: every packet is hashed (stateless, for UDP services
+/// whose gateways share no per-flow state anyway).
+pub const VIP_F_NO_CONNTRACK: u32 = 4;
+/// All VIP flags the data path understands.
+pub const VIP_F_ALL: u32 = VIP_F_ADDRESS | VIP_F_HASH_SRC_ADDR | VIP_F_NO_CONNTRACK;
+
+/// Gateway flag: the entry is in use. Flows pinned to a gateway without it are re-hashed.
+pub const GW_F_VALID: u32 = 1;
+/// The gateway is this node: its traffic is passed to the local stack.
+pub const GW_F_LOCAL: u32 = 2;
+/// `addr4` is set.
+pub const GW_F_V4: u32 = 4;
+/// `addr6` is set.
+pub const GW_F_V6: u32 = 8;
+
+/// Node flag: `addr4` is set (IPv4 encapsulation and decapsulation work).
+pub const NODE_F_V4: u32 = 1;
+/// Node flag: `addr6` is set.
+pub const NODE_F_V6: u32 = 2;
+
+/// Key of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VipKey {
+    pub addr: [u8; 16],
+    /// Destination port, network order; `[0, 0]` in address entries.
+    pub port: [u8; 2],
+    /// IP protocol (6 or 17); 0 in address entries.
+    pub proto: u8,
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub family: u8,
+}
+
+impl VipKey {
+    /// The address-only entry of `addr`.
+    pub const fn address(family: u8, addr: [u8; 16]) -> Self {
+        VipKey {
+            addr,
+            port: [0, 0],
+            proto: 0,
+            family,
+        }
+    }
+}
+
+/// Value of the `VIPS` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipValue {
+    /// Index into `RING_SELECT`, `RINGS` and `VIP_STATS` (`< MAX_VIPS`); unused in
+    /// address entries.
+    pub id: u32,
+    /// `VIP_F_*`.
+    pub flags: u32,
+}
+
+/// Value of the `GATEWAYS` map: where to send a gateway's flows.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GatewayValue {
+    /// `GW_F_*`.
+    pub flags: u32,
+    /// Outer IPv4 destination for IPv4 flows.
+    pub addr4: [u8; 4],
+    /// Outer IPv6 destination for IPv6 flows.
+    pub addr6: [u8; 16],
+    /// Destination MAC of the next hop towards the gateway (its own MAC on one L2 segment).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Value of the single-entry `NODE` map: this node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct NodeConfig {
+    /// `NODE_F_*`.
+    pub flags: u32,
+    /// Outer source of IPv4 encapsulation; IPIP packets to it are decapsulated.
+    pub addr4: [u8; 4],
+    /// Outer source of IPv6 encapsulation; IP6IP6 packets to it are decapsulated.
+    pub addr6: [u8; 16],
+    /// Source MAC of transmitted frames (the interface's MAC).
+    pub mac: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+/// Key of the connection table, as the client sent the packet (client -> VIP).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub src: [u8; 16],
+    pub dst: [u8; 16],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub family: u8,
+    pub _pad: [u8; 2],
+}
+
+/// Value of the connection table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowValue {
+    pub gateway: u32,
+}
+
+/// Per-VIP counters (one per CPU in `VIP_STATS`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VipStats {
+    pub packets: u64,
+    pub bytes: u64,
+    /// Packets that picked a gateway from the ring (connection-table misses and SYNs).
+    pub new_flows: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all): repr(C), fields are integers or byte arrays laid out without implicit
+    // padding (explicit `_pad` fields), every bit pattern is valid.
+    unsafe impl aya::Pod for super::VipKey {}
+    unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::GatewayValue {}
+    unsafe impl aya::Pod for super::NodeConfig {}
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::VipStats {}
+}
+
+#[inline(always)]
+fn mix(h: u64, v: u64) -> u64 {
+    let x = (h ^ v).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    x ^ (x >> 29)
+}
+
+#[inline(always)]
+fn half(a: &[u8; 16], hi: bool) -> u64 {
+    let o = if hi { 8 } else { 0 };
+    u64::from_le_bytes([
+        a[o],
+        a[o + 1],
+        a[o + 2],
+        a[o + 3],
+        a[o + 4],
+        a[o + 5],
+        a[o + 6],
+        a[o + 7],
+    ])
+}
+
+/// The flow hash that picks a ring slot: `flow_hash(key, flags) % RING_SIZE`. With
+/// [`VIP_F_HASH_SRC_ADDR`] the ports and protocol are left out.
+#[inline(always)]
+pub fn flow_hash(key: &FlowKey, vip_flags: u32) -> u32 {
+    let mut h = mix(0x6c62_2d6c_6232_3031, key.family as u64);
+    h = mix(h, half(&key.src, false));
+    h = mix(h, half(&key.src, true));
+    h = mix(h, half(&key.dst, false));
+    h = mix(h, half(&key.dst, true));
+    if vip_flags & VIP_F_HASH_SRC_ADDR == 0 {
+        let ports = ((key.sport[0] as u64) << 40)
+            | ((key.sport[1] as u64) << 32)
+            | ((key.dport[0] as u64) << 24)
+            | ((key.dport[1] as u64) << 16)
+            | key.proto as u64;
+        h = mix(h, ports);
+    }
+    // Final avalanche (the murmur3 64-bit finaliser).
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    (h >> 32) as u32
+}
+
+/// Index into `RINGS` of slot `hash % RING_SIZE` of copy `select` (0 or 1) of VIP `vip_id`.
+#[inline(always)]
+pub fn ring_index(vip_id: u32, select: u32, hash: u32) -> u32 {
+    (vip_id * 2 + (select & 1)) * RING_SIZE + hash % RING_SIZE
+}
+
+/// The IPv4 header checksum (RFC 791) of a 20-byte header whose checksum field is zero.
+#[inline(always)]
+pub fn ipv4_checksum(h: &[u8; IPV4_HLEN]) -> u16 {
+    let mut sum: u32 = 0;
+    let mut i = 0;
+    while i < IPV4_HLEN {
+        sum += ((h[i] as u32) << 8) | h[i + 1] as u32;
+        i += 2;
+    }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The outer IPv4 header of IPIP encapsulation (RFC 2003): TOS copied from the inner header
+/// (DSCP and ECN, RFC 6040 normal mode), total length = inner total length + 20, DF copied
+/// from the inner header, identification 0, TTL [`OUTER_TTL`], protocol 4.
+#[inline(always)]
+pub fn outer_ipv4(
+    inner_tos: u8,
+    inner_total_len: u16,
+    inner_df: bool,
+    src: [u8; 4],
+    dst: [u8; 4],
+) -> [u8; IPV4_HLEN] {
+    let len = inner_total_len.wrapping_add(IPV4_HLEN as u16).to_be_bytes();
+    let mut h = [
+        0x45,
+        inner_tos,
+        len[0],
+        len[1],
+        0,
+        0,
+        if inner_df { 0x40 } else { 0 },
+        0,
+        OUTER_TTL,
+        PROTO_IPIP,
+        0,
+        0,
+        src[0],
+        src[1],
+        src[2],
+        src[3],
+        dst[0],
+        dst[1],
+        dst[2],
+        dst[3],
+    ];
+    let c = ipv4_checksum(&h).to_be_bytes();
+    h[10] = c[0];
+    h[11] = c[1];
+    h
+}
+
+/// The outer IPv6 header of IP6IP6 encapsulation (RFC 2473): version, traffic class and
+/// flow label copied from the inner header (`inner_vtcfl`, its first 4 bytes), payload
+/// length = inner payload length + 40, next header 41, hop limit [`OUTER_TTL`].
+#[inline(always)]
+pub fn outer_ipv6(
+    inner_vtcfl: [u8; 4],
+    inner_payload_len: u16,
+    src: &[u8; 16],
+    dst: &[u8; 16],
+) -> [u8; IPV6_HLEN] {
+    let len = inner_payload_len
+        .wrapping_add(IPV6_HLEN as u16)
+        .to_be_bytes();
+    let mut h = [0u8; IPV6_HLEN];
+    h[0] = 0x60 | (inner_vtcfl[0] & 0x0f);
+    h[1] = inner_vtcfl[1];
+    h[2] = inner_vtcfl[2];
+    h[3] = inner_vtcfl[3];
+    h[4] = len[0];
+    h[5] = len[1];
+    h[6] = PROTO_IPV6;
+    h[7] = OUTER_TTL;
+    let mut i = 0;
+    while i < 16 {
+        h[8 + i] = src[i];
+        h[24 + i] = dst[i];
+        i += 1;
+    }
+    h
+}
+
+/// IPv6 next-header values that are extension headers (RFC 8200 and the IANA list):
+/// packets to a VIP that carry one are passed to the stack.
+#[inline(always)]
+pub fn is_ipv6_extension(next_header: u8) -> bool {
+    matches!(
+        next_header,
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+    )
+}
+
+/// Equality of two 16-byte addresses, as two 64-bit compares (no `memcmp` in BPF).
+#[inline(always)]
+pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    half(a, false) == half(b, false) && half(a, true) == half(b, true)
+}
+
+/// Equality of two IPv4 addresses as one 32-bit compare.
+#[inline(always)]
+pub fn addr4_eq(a: [u8; 4], b: [u8; 4]) -> bool {
+    u32::from_ne_bytes(a) == u32::from_ne_bytes(b)
+}
+
+/// The first 4 bytes of a 16-byte address field (IPv4 addresses are stored there).
+#[inline(always)]
+pub fn v4_of(a: &[u8; 16]) -> [u8; 4] {
+    [a[0], a[1], a[2], a[3]]
+}
+
+/// A 16-byte address field holding an IPv4 address.
+#[inline(always)]
+pub fn v4_field(a: [u8; 4]) -> [u8; 16] {
+    let mut f = [0u8; 16];
+    f[0] = a[0];
+    f[1] = a[1];
+    f[2] = a[2];
+    f[3] = a[3];
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layouts_have_no_implicit_padding() {
+        assert_eq!(core::mem::size_of::<VipKey>(), 20);
+        assert_eq!(core::mem::size_of::<VipValue>(), 8);
+        assert_eq!(core::mem::size_of::<GatewayValue>(), 32);
+        assert_eq!(core::mem::size_of::<NodeConfig>(), 32);
+        assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowValue>(), 4);
+        assert_eq!(core::mem::size_of::<VipStats>(), 24);
+    }
+
+    #[test]
+    fn ipv4_checksum_matches_a_known_header() {
+        // The worked example of RFC 1071's usual illustration (Wikipedia's IPv4 header).
+        let mut h = [
+            0x45, 0x00, 0x00, 0x73, 0x00, 0x00, 0x40, 0x00, 0x40, 0x11, 0x00, 0x00, 0xc0, 0xa8,
+            0x00, 0x01, 0xc0, 0xa8, 0x00, 0xc7,
+        ];
+        assert_eq!(ipv4_checksum(&h), 0xb861);
+        h[10] = 0xb8;
+        h[11] = 0x61;
+        // A header with a correct checksum sums to 0xffff, whose complement is 0.
+        let mut sum: u32 = 0;
+        for w in h.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([w[0], w[1]]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+    }
+
+    #[test]
+    fn outer_ipv4_fields() {
+        let h = outer_ipv4(0xb8, 60, true, [10, 0, 0, 1], [10, 0, 0, 2]);
+        assert_eq!(h[0], 0x45);
+        assert_eq!(h[1], 0xb8);
+        assert_eq!(u16::from_be_bytes([h[2], h[3]]), 80);
+        assert_eq!(h[6], 0x40);
+        assert_eq!(h[8], OUTER_TTL);
+        assert_eq!(h[9], PROTO_IPIP);
+        let mut z = h;
+        z[10] = 0;
+        z[11] = 0;
+        assert_eq!(u16::from_be_bytes([h[10], h[11]]), ipv4_checksum(&z));
+    }
+
+    #[test]
+    fn flow_hash_depends_on_every_field_unless_src_only() {
+        let base = FlowKey {
+            src: v4_field([10, 0, 0, 1]),
+            dst: v4_field([10, 0, 0, 100]),
+            sport: [0x9c, 0x40],
+            dport: [0, 80],
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let h = flow_hash(&base, 0);
+        let mut k = base;
+        k.sport = [0x9c, 0x41];
+        assert_ne!(flow_hash(&k, 0), h);
+        assert_eq!(
+            flow_hash(&k, VIP_F_HASH_SRC_ADDR),
+            flow_hash(&base, VIP_F_HASH_SRC_ADDR)
+        );
+        k = base;
+        k.src[3] = 2;
+        assert_ne!(flow_hash(&k, 0), h);
+        assert_ne!(
+            flow_hash(&k, VIP_F_HASH_SRC_ADDR),
+            flow_hash(&base, VIP_F_HASH_SRC_ADDR)
+        );
+        k = base;
+        k.proto = PROTO_UDP;
+        assert_ne!(flow_hash(&k, 0), h);
+    }
+
+    #[test]
+    fn flow_hash_spreads_evenly_over_the_ring() {
+        // 200k client ports over 16 buckets of the ring: each within 5% of the mean.
+        let mut buckets = [0u32; 16];
+        for p in 0..200_000u32 {
+            let k = FlowKey {
+                src: v4_field([10, 1, (p >> 16) as u8, (p >> 8) as u8]),
+                dst: v4_field([10, 0, 0, 100]),
+                sport: (p as u16).to_be_bytes(),
+                dport: [0, 80],
+                proto: PROTO_TCP,
+                family: FAMILY_V4,
+                _pad: [0; 2],
+            };
+            let slot = flow_hash(&k, 0) % RING_SIZE;
+            buckets[(slot as usize * 16) / RING_SIZE as usize] += 1;
+        }
+        let mean = 200_000.0 / 16.0;
+        for b in buckets {
+            assert!((f64::from(b) - mean).abs() / mean < 0.05, "{buckets:?}");
+        }
+    }
+}

@@ -1,0 +1,563 @@
+//! The reference model of the XDP data path: the specification of what `lb_xdp` does to a
+//! frame, written as plain Rust over a byte slice and a copy of the map contents.
+//!
+//! The XDP program (`lb-ebpf/src/path.rs`) follows the same steps in the same order; the
+//! differential test (`lb-userspace/tests/xdp_differential.rs`) runs 100,000+ random and
+//! mutated frames through both and requires the same verdict, the same output bytes and
+//! the same counters. When the two disagree, this file says which one is right.
+//!
+//! # The steps
+//!
+//! 1. **Ethernet.** Shorter than 14 bytes, or an EtherType other than IPv4/IPv6 (after at
+//!    most one 802.1Q tag): `pass_not_ip`.
+//! 2. **IP header.** Too short to hold the fixed header (20 / 40 bytes): `pass_not_vip`
+//!    (the destination cannot even be read). A bad version, IHL below 5, a total length
+//!    below the header or beyond the frame (IPv6: payload beyond the frame): the packet is
+//!    malformed, see *malformed* below. Frames longer than the IP packet (Ethernet padding)
+//!    are fine and keep their trailing bytes.
+//! 3. **Encapsulated** (IPv4 protocol 4 / IPv6 next header 41): if the outer destination is
+//!    this node, the outer header is not fragmented, and the inner header is a whole header
+//!    of the same family whose destination is a VIP address: the outer header is removed
+//!    (the Ethernet header, with any VLAN tag, moves up) and the packet is passed: `decap`.
+//!    Anything else: `pass_encap_other`, untouched.
+//! 4. **IPv4 fragments** (MF set or offset non-zero): `pass_fragment` when the destination
+//!    is a VIP address (the stack reassembles; the data path does not), else
+//!    `pass_not_vip`. **IPv6 extension headers** ([`is_ipv6_extension`]): `pass_ipv6_ext`
+//!    when the destination is a VIP address, else `pass_not_vip`.
+//! 5. **ICMP errors** (IPv4 type 3, destination unreachable including fragmentation
+//!    needed; ICMPv6 type 1 unreachable and 2 packet too big) that quote a TCP/UDP packet
+//!    *from* a VIP service (the gateway's reply, sent with the VIP as source): the quoted
+//!    packet is turned around into the client's flow key, the flow's gateway is found as
+//!    for data (connection table, else the ring, without recording) and the whole ICMP
+//!    packet is sent to it (`icmp_forwarded`, or `local` if that is this node). Any other
+//!    ICMP, or a quote too short to hold the quoted IP header plus 8 bytes:
+//!    `pass_not_vip`.
+//! 6. **TCP/UDP.** A transport header that does not fit in the IP packet (TCP: 20 bytes and
+//!    a data offset of 5..=15 words inside the packet; UDP: 8 bytes and a UDP length of 8 up
+//!    to the IP payload): malformed. Otherwise the (destination, port, protocol) is looked up
+//!    in `VIPS`; no entry: `pass_not_vip`. Other protocols: `pass_not_vip`.
+//! 7. **Flow.** Per-VIP counters count the packet. Unless the VIP has
+//!    [`VIP_F_NO_CONNTRACK`] or the packet is a TCP SYN without ACK, the connection table is
+//!    consulted; a hit whose gateway is still `VALID` keeps that gateway. Otherwise the
+//!    gateway is `ring[flow_hash % RING_SIZE]` of the VIP's active ring copy; it must be
+//!    a `VALID` gateway (else `drop_no_gateway`); the VIP's `new_flows` counts it and the
+//!    flow is recorded (unless `NO_CONNTRACK`).
+//! 8. **Forward.** A `LOCAL` gateway: `local` (passed untouched). Otherwise the packet is encapsulated ([`outer_ipv4`] /
+//!    [`outer_ipv6`]) behind a new Ethernet header (destination = the gateway's next-hop
+//!    MAC, source = this node's MAC, the input's VLAN tag kept) and transmitted: `tx`.
+//!    A family that this node or the gateway has no address for: `drop_no_gateway`.
+//!    The gateway's counters count `local` and `tx` packets.
+//!
+//! *Malformed*: when the destination address is a VIP address (an address entry exists),
+//! `drop_malformed`; else `pass_not_vip` (not ours to judge).
+//!
+//! Every packet bumps exactly one exit-reason counter by one packet and its input length.
+//! Checksums of the input are not verified (the receiving kernel does); the data path never
+//! changes a byte of the inner packet, so it cannot make a good checksum bad.
+use std::collections::HashMap;
+
+use crate::{
+    ExitReason, StatCounter,
+    datapath::{
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
+        GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, MAX_GATEWAYS,
+        MAX_VIPS, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, PROTO_ICMP, PROTO_ICMPV6,
+        PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, RING_SIZE, VIP_F_NO_CONNTRACK, VipKey,
+        VipStats, VipValue, flow_hash, is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index,
+        v4_field, v4_of,
+    },
+};
+
+/// What the model did with a frame.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    pub reason: ExitReason,
+    /// The frame as the program leaves it (the input when untouched).
+    pub frame: Vec<u8>,
+}
+
+/// The contents of the data-path maps, and the model's processing of a frame against them.
+///
+/// Maps that are arrays in the kernel are zero-filled here as there: an unwritten ring slot
+/// names gateway 0, an unwritten gateway has no flags (not `VALID`).
+#[derive(Clone, Debug)]
+pub struct Model {
+    pub node: NodeConfig,
+    pub vips: HashMap<VipKey, VipValue>,
+    /// `RING_SELECT`, `MAX_VIPS` entries.
+    pub ring_select: Vec<u32>,
+    /// `RINGS`: sparse; slots not present are 0.
+    pub rings: HashMap<u32, u32>,
+    /// `GATEWAYS`, `MAX_GATEWAYS` entries.
+    pub gateways: Vec<GatewayValue>,
+    /// `FLOWS` (the model never evicts; tests keep the flow count below the LRU's size).
+    pub flows: HashMap<FlowKey, FlowValue>,
+    pub exit_stats: [StatCounter; ExitReason::COUNT as usize],
+    pub vip_stats: Vec<VipStats>,
+    pub gateway_stats: Vec<StatCounter>,
+}
+
+impl Default for Model {
+    fn default() -> Self {
+        Model {
+            node: NodeConfig::default(),
+            vips: HashMap::new(),
+            ring_select: vec![0; MAX_VIPS as usize],
+            rings: HashMap::new(),
+            gateways: vec![GatewayValue::default(); MAX_GATEWAYS as usize],
+            flows: HashMap::new(),
+            exit_stats: [StatCounter::default(); ExitReason::COUNT as usize],
+            vip_stats: vec![VipStats::default(); MAX_VIPS as usize],
+            gateway_stats: vec![StatCounter::default(); MAX_GATEWAYS as usize],
+        }
+    }
+}
+
+/// Bounds-checked reads of the frame.
+struct Frame<'a>(&'a [u8]);
+
+impl Frame<'_> {
+    fn len(&self) -> usize {
+        self.0.len()
+    }
+    fn u8(&self, off: usize) -> u8 {
+        self.0.get(off).copied().unwrap_or(0)
+    }
+    fn be16(&self, off: usize) -> u16 {
+        u16::from_be_bytes([self.u8(off), self.u8(off + 1)])
+    }
+    fn a2(&self, off: usize) -> [u8; 2] {
+        [self.u8(off), self.u8(off + 1)]
+    }
+    fn a4(&self, off: usize) -> [u8; 4] {
+        [
+            self.u8(off),
+            self.u8(off + 1),
+            self.u8(off + 2),
+            self.u8(off + 3),
+        ]
+    }
+    fn a16(&self, off: usize) -> [u8; 16] {
+        let mut a = [0u8; 16];
+        for (i, b) in a.iter_mut().enumerate() {
+            *b = self.u8(off + i);
+        }
+        a
+    }
+}
+
+/// Where the IP header is and what it says; the common part of both families.
+#[derive(Clone, Copy)]
+struct Ip {
+    family: u8,
+    /// Offset of the transport header.
+    l4: usize,
+    /// Offset just past the IP packet.
+    end: usize,
+    src: [u8; 16],
+    dst: [u8; 16],
+}
+
+enum Step {
+    Done(ExitReason),
+    /// Forward the packet whose IP header is at `l3` to gateway `gw`.
+    Forward {
+        gw: u32,
+        icmp: bool,
+    },
+}
+
+impl Model {
+    /// Writes VIP `id`'s ring copy `select` (`ring.len()` must be [`RING_SIZE`]).
+    pub fn set_ring(&mut self, vip_id: u32, select: u32, ring: &[u32]) {
+        for (slot, gw) in ring.iter().enumerate() {
+            let idx = (vip_id * 2 + (select & 1)) * RING_SIZE + slot as u32;
+            if *gw == 0 {
+                self.rings.remove(&idx);
+            } else {
+                self.rings.insert(idx, *gw);
+            }
+        }
+    }
+
+    /// Runs one frame through the data path.
+    pub fn process(&mut self, input: &[u8]) -> Outcome {
+        let f = Frame(input);
+        let mut out = input.to_vec();
+        let reason = match self.classify(&f) {
+            Step::Done(r) => r,
+            Step::Forward { gw, icmp } => self.forward(&f, gw, icmp, &mut out),
+        };
+        if reason == ExitReason::Decap {
+            out = self.decap(&f);
+        }
+        let c = &mut self.exit_stats[reason as usize];
+        c.packets += 1;
+        c.bytes += input.len() as u64;
+        Outcome { reason, frame: out }
+    }
+
+    fn is_vip_addr(&self, family: u8, addr: [u8; 16]) -> bool {
+        self.vips.contains_key(&VipKey::address(family, addr))
+    }
+
+    fn malformed(&self, family: u8, dst: [u8; 16]) -> Step {
+        if self.is_vip_addr(family, dst) {
+            Step::Done(ExitReason::DropMalformed)
+        } else {
+            Step::Done(ExitReason::PassNotVip)
+        }
+    }
+
+    fn l3(f: &Frame) -> Option<(u16, usize)> {
+        if f.len() < ETH_HLEN {
+            return None;
+        }
+        let proto = f.be16(12);
+        if proto == ETH_P_8021Q {
+            if f.len() < ETH_HLEN + 4 {
+                return None;
+            }
+            return Some((f.be16(16), ETH_HLEN + 4));
+        }
+        Some((proto, ETH_HLEN))
+    }
+
+    fn classify(&mut self, f: &Frame) -> Step {
+        let Some((proto, l3)) = Self::l3(f) else {
+            return Step::Done(ExitReason::PassNotIp);
+        };
+        match proto {
+            ETH_P_IP => self.ipv4(f, l3),
+            ETH_P_IPV6 => self.ipv6(f, l3),
+            _ => Step::Done(ExitReason::PassNotIp),
+        }
+    }
+
+    fn ipv4(&mut self, f: &Frame, l3: usize) -> Step {
+        if f.len() < l3 + IPV4_HLEN {
+            return Step::Done(ExitReason::PassNotVip);
+        }
+        let dst = v4_field(f.a4(l3 + 16));
+        let vhl = f.u8(l3);
+        let ihl = usize::from(vhl & 0x0f) * 4;
+        let total = usize::from(f.be16(l3 + 2));
+        if vhl >> 4 != 4 || ihl < IPV4_HLEN || total < ihl || l3 + total > f.len() {
+            return self.malformed(FAMILY_V4, dst);
+        }
+        let ip = Ip {
+            family: FAMILY_V4,
+            l4: l3 + ihl,
+            end: l3 + total,
+            src: v4_field(f.a4(l3 + 12)),
+            dst,
+        };
+        let proto = f.u8(l3 + 9);
+        let fragmented = f.be16(l3 + 6) & 0x3fff != 0;
+        if proto == PROTO_IPIP {
+            return Step::Done(self.decap_check(f, &ip, fragmented));
+        }
+        if fragmented {
+            return Step::Done(if self.is_vip_addr(FAMILY_V4, dst) {
+                ExitReason::PassFragment
+            } else {
+                ExitReason::PassNotVip
+            });
+        }
+        match proto {
+            PROTO_ICMP => self.icmp(f, &ip),
+            PROTO_TCP | PROTO_UDP => self.transport(f, &ip, proto),
+            _ => Step::Done(ExitReason::PassNotVip),
+        }
+    }
+
+    fn ipv6(&mut self, f: &Frame, l3: usize) -> Step {
+        if f.len() < l3 + IPV6_HLEN {
+            return Step::Done(ExitReason::PassNotVip);
+        }
+        let dst = f.a16(l3 + 24);
+        let payload = usize::from(f.be16(l3 + 4));
+        if f.u8(l3) >> 4 != 6 || l3 + IPV6_HLEN + payload > f.len() {
+            return self.malformed(FAMILY_V6, dst);
+        }
+        let ip = Ip {
+            family: FAMILY_V6,
+            l4: l3 + IPV6_HLEN,
+            end: l3 + IPV6_HLEN + payload,
+            src: f.a16(l3 + 8),
+            dst,
+        };
+        let nh = f.u8(l3 + 6);
+        match nh {
+            PROTO_IPV6 => Step::Done(self.decap_check(f, &ip, false)),
+            PROTO_ICMPV6 => self.icmp(f, &ip),
+            PROTO_TCP | PROTO_UDP => self.transport(f, &ip, nh),
+            _ if is_ipv6_extension(nh) => Step::Done(if self.is_vip_addr(FAMILY_V6, dst) {
+                ExitReason::PassIpv6Ext
+            } else {
+                ExitReason::PassNotVip
+            }),
+            _ => Step::Done(ExitReason::PassNotVip),
+        }
+    }
+
+    /// Step 3: whether an encapsulated packet is for this node and a VIP.
+    fn decap_check(&self, f: &Frame, ip: &Ip, fragmented: bool) -> ExitReason {
+        let inner = ip.l4;
+        let ours = if ip.family == FAMILY_V4 {
+            self.node.flags & NODE_F_V4 != 0
+                && v4_of(&ip.dst) == self.node.addr4
+                && !fragmented
+                && inner + IPV4_HLEN <= ip.end
+                && f.u8(inner) >> 4 == 4
+                && self.is_vip_addr(FAMILY_V4, v4_field(f.a4(inner + 16)))
+        } else {
+            self.node.flags & NODE_F_V6 != 0
+                && ip.dst == self.node.addr6
+                && inner + IPV6_HLEN <= ip.end
+                && f.u8(inner) >> 4 == 6
+                && self.is_vip_addr(FAMILY_V6, f.a16(inner + 24))
+        };
+        if ours {
+            ExitReason::Decap
+        } else {
+            ExitReason::PassEncapOther
+        }
+    }
+
+    /// The decapsulated frame: Ethernet header (with any VLAN tag), then the inner packet.
+    fn decap(&self, f: &Frame) -> Vec<u8> {
+        let Some((proto, l3)) = Self::l3(f) else {
+            return f.0.to_vec();
+        };
+        let outer = if proto == ETH_P_IP {
+            usize::from(f.u8(l3) & 0x0f) * 4
+        } else {
+            IPV6_HLEN
+        };
+        let mut out = f.0[..l3].to_vec();
+        out.extend_from_slice(&f.0[l3 + outer..]);
+        out
+    }
+
+    /// Step 5.
+    fn icmp(&mut self, f: &Frame, ip: &Ip) -> Step {
+        let l4 = ip.l4;
+        if l4 + 8 > ip.end {
+            return Step::Done(ExitReason::PassNotVip);
+        }
+        let ty = f.u8(l4);
+        let q = l4 + 8;
+        let quoted = if ip.family == FAMILY_V4 {
+            if ty != 3 || q + IPV4_HLEN > ip.end {
+                return Step::Done(ExitReason::PassNotVip);
+            }
+            let vhl = f.u8(q);
+            if vhl >> 4 != 4 || vhl & 0x0f < 5 {
+                return Step::Done(ExitReason::PassNotVip);
+            }
+            Ip {
+                family: FAMILY_V4,
+                l4: q + usize::from(vhl & 0x0f) * 4,
+                end: ip.end,
+                src: v4_field(f.a4(q + 12)),
+                dst: v4_field(f.a4(q + 16)),
+            }
+        } else {
+            if (ty != 1 && ty != 2) || q + IPV6_HLEN > ip.end || f.u8(q) >> 4 != 6 {
+                return Step::Done(ExitReason::PassNotVip);
+            }
+            Ip {
+                family: FAMILY_V6,
+                l4: q + IPV6_HLEN,
+                end: ip.end,
+                src: f.a16(q + 8),
+                dst: f.a16(q + 24),
+            }
+        };
+        let qproto = if ip.family == FAMILY_V4 {
+            f.u8(q + 9)
+        } else {
+            f.u8(q + 6)
+        };
+        if (qproto != PROTO_TCP && qproto != PROTO_UDP) || quoted.l4 + 8 > ip.end {
+            return Step::Done(ExitReason::PassNotVip);
+        }
+        let qsport = f.a2(quoted.l4);
+        let qdport = f.a2(quoted.l4 + 2);
+        let Some(vip) = self
+            .vips
+            .get(&VipKey {
+                addr: quoted.src,
+                port: qsport,
+                proto: qproto,
+                family: ip.family,
+            })
+            .copied()
+        else {
+            return Step::Done(ExitReason::PassNotVip);
+        };
+        // The client's flow, as the client sent it.
+        let key = FlowKey {
+            src: quoted.dst,
+            dst: quoted.src,
+            sport: qdport,
+            dport: qsport,
+            proto: qproto,
+            family: ip.family,
+            _pad: [0; 2],
+        };
+        let mut gw = NO_GATEWAY;
+        if vip.flags & VIP_F_NO_CONNTRACK == 0
+            && let Some(v) = self.flows.get(&key)
+            && self.gateway_valid(v.gateway)
+        {
+            gw = v.gateway;
+        }
+        if gw == NO_GATEWAY {
+            gw = self.ring_pick(&vip, &key);
+            if !self.gateway_valid(gw) {
+                return Step::Done(ExitReason::DropNoGateway);
+            }
+        }
+        Step::Forward { gw, icmp: true }
+    }
+
+    fn gateway_valid(&self, gw: u32) -> bool {
+        self.gateways
+            .get(gw as usize)
+            .is_some_and(|g| g.flags & GW_F_VALID != 0)
+    }
+
+    fn ring_pick(&self, vip: &VipValue, key: &FlowKey) -> u32 {
+        let Some(select) = self.ring_select.get(vip.id as usize) else {
+            return NO_GATEWAY;
+        };
+        let idx = ring_index(vip.id, *select, flow_hash(key, vip.flags));
+        self.rings.get(&idx).copied().unwrap_or(0)
+    }
+
+    /// Steps 6 and 7.
+    fn transport(&mut self, f: &Frame, ip: &Ip, proto: u8) -> Step {
+        let l4 = ip.l4;
+        let ok = if proto == PROTO_TCP {
+            l4 + 20 <= ip.end && {
+                let doff = usize::from(f.u8(l4 + 12) >> 4) * 4;
+                doff >= 20 && l4 + doff <= ip.end
+            }
+        } else {
+            l4 + 8 <= ip.end && {
+                let ulen = usize::from(f.be16(l4 + 4));
+                ulen >= 8 && l4 + ulen <= ip.end
+            }
+        };
+        if !ok {
+            return self.malformed(ip.family, ip.dst);
+        }
+        let sport = f.a2(l4);
+        let dport = f.a2(l4 + 2);
+        let Some(vip) = self
+            .vips
+            .get(&VipKey {
+                addr: ip.dst,
+                port: dport,
+                proto,
+                family: ip.family,
+            })
+            .copied()
+        else {
+            return Step::Done(ExitReason::PassNotVip);
+        };
+        let len = f.len() as u64;
+        if let Some(s) = self.vip_stats.get_mut(vip.id as usize) {
+            s.packets += 1;
+            s.bytes += len;
+        }
+        let key = FlowKey {
+            src: ip.src,
+            dst: ip.dst,
+            sport,
+            dport,
+            proto,
+            family: ip.family,
+            _pad: [0; 2],
+        };
+        let tcp_flags = f.u8(l4 + 13);
+        let syn = proto == PROTO_TCP && tcp_flags & 0x12 == 0x02;
+        let conntrack = vip.flags & VIP_F_NO_CONNTRACK == 0;
+        let mut gw = NO_GATEWAY;
+        if conntrack
+            && !syn
+            && let Some(v) = self.flows.get(&key)
+            && self.gateway_valid(v.gateway)
+        {
+            gw = v.gateway;
+        }
+        if gw == NO_GATEWAY {
+            gw = self.ring_pick(&vip, &key);
+            if !self.gateway_valid(gw) {
+                return Step::Done(ExitReason::DropNoGateway);
+            }
+            if let Some(s) = self.vip_stats.get_mut(vip.id as usize) {
+                s.new_flows += 1;
+            }
+            if conntrack {
+                self.flows.insert(key, FlowValue { gateway: gw });
+            }
+        }
+        Step::Forward { gw, icmp: false }
+    }
+
+    fn count_gateway(&mut self, gw: u32, len: usize) {
+        if let Some(s) = self.gateway_stats.get_mut(gw as usize) {
+            s.packets += 1;
+            s.bytes += len as u64;
+        }
+    }
+
+    /// Step 8.
+    fn forward(&mut self, f: &Frame, gw: u32, icmp: bool, out: &mut Vec<u8>) -> ExitReason {
+        let g = self.gateways[gw as usize];
+        if g.flags & GW_F_LOCAL != 0 {
+            self.count_gateway(gw, f.len());
+            return ExitReason::Local;
+        }
+        let Some((proto, l3)) = Self::l3(f) else {
+            return ExitReason::Aborted;
+        };
+        let mut frame = Vec::with_capacity(f.len() + IPV6_HLEN);
+        frame.extend_from_slice(&g.mac);
+        frame.extend_from_slice(&self.node.mac);
+        if l3 > ETH_HLEN {
+            frame.extend_from_slice(&f.0[12..16]);
+        }
+        frame.extend_from_slice(&proto.to_be_bytes());
+        if proto == ETH_P_IP {
+            if self.node.flags & NODE_F_V4 == 0 || g.flags & GW_F_V4 == 0 {
+                return ExitReason::DropNoGateway;
+            }
+            let outer = outer_ipv4(
+                f.u8(l3 + 1),
+                f.be16(l3 + 2),
+                f.u8(l3 + 6) & 0x40 != 0,
+                self.node.addr4,
+                g.addr4,
+            );
+            frame.extend_from_slice(&outer);
+        } else {
+            if self.node.flags & NODE_F_V6 == 0 || g.flags & GW_F_V6 == 0 {
+                return ExitReason::DropNoGateway;
+            }
+            let outer = outer_ipv6(f.a4(l3), f.be16(l3 + 4), &self.node.addr6, &g.addr6);
+            frame.extend_from_slice(&outer);
+        }
+        frame.extend_from_slice(&f.0[l3..]);
+        *out = frame;
+        self.count_gateway(gw, f.len());
+        if icmp {
+            ExitReason::IcmpForwarded
+        } else {
+            ExitReason::Tx
+        }
+    }
+}

@@ -1,0 +1,706 @@
+//! Packet fixtures through the real XDP program (BPF_PROG_TEST_RUN): a table of
+//! (description, input frame, expected verdict, expected output frame) over the standard
+//! map contents, IPv4 and IPv6, every case of the data path. Expected outputs are built by
+//! `lb_tests::frames` (its own header and checksum code), and every case also runs
+//! through the reference model, which must agree. Then sequences that need state: flow
+//! pinning across a ring change, re-hashing when a gateway goes, stateless and
+//! source-hashed VIPs, and the counters. Needs root (loading BPF), no namespaces.
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use lb_common::{
+    ExitReason,
+    datapath::{FlowKey, GatewayValue, RING_SIZE, v4_field},
+};
+use lb_tests::{
+    frames::{self, TCP_ACK, TCP_PSH, TCP_SYN, V4, ethernet, ethernet_macs, icmp, ipv6, tcp, udp},
+    privileged::require_root,
+    xdp::{Harness, ring_of, standard, std_state::*},
+};
+
+/// What the program must leave in the frame.
+enum Out {
+    Same,
+    Frame(Vec<u8>),
+}
+
+struct Case {
+    what: &'static str,
+    input: Vec<u8>,
+    reason: ExitReason,
+    out: Out,
+}
+
+fn case(what: &'static str, input: Vec<u8>, reason: ExitReason, out: Out) -> Case {
+    Case {
+        what,
+        input,
+        reason,
+        out,
+    }
+}
+
+/// The frame the program should transmit for an IPv4 packet `inner` (IP header on) sent to
+/// gateway `gw`: IPIP from this node, TOS and DF copied, TTL 64, id 0.
+fn ipip(gw: u32, vlan: Option<u16>, inner: &[u8]) -> Vec<u8> {
+    let mut outer = V4::new(NODE4, gw4(gw), 4);
+    outer.tos = inner[1];
+    outer.df = inner[6] & 0x40 != 0;
+    outer.id = 0;
+    outer.ttl = 64;
+    ethernet_macs(
+        gw_mac(gw),
+        frames::NODE_MAC,
+        vlan,
+        0x0800,
+        &outer.packet(inner),
+    )
+}
+
+/// The frame for an IPv6 packet `inner` sent to gateway `gw`: IP6IP6 from this node,
+/// traffic class and flow label copied, hop limit 64.
+fn ip6ip6(gw: u32, vlan: Option<u16>, inner: &[u8]) -> Vec<u8> {
+    let tc = (inner[0] << 4) | (inner[1] >> 4);
+    let flow = u32::from_be_bytes([0, inner[1] & 0x0f, inner[2], inner[3]]);
+    let outer = ipv6(NODE6, gw6(gw), 41, tc, flow, inner);
+    ethernet_macs(gw_mac(gw), frames::NODE_MAC, vlan, 0x86dd, &outer)
+}
+
+fn v4tcp(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, flags: u8) -> Vec<u8> {
+    V4::new(src, dst, 6).packet(&tcp(sport, dport, flags, b"hello"))
+}
+
+fn v6tcp(src: Ipv6Addr, sport: u16, dst: Ipv6Addr, dport: u16, flags: u8) -> Vec<u8> {
+    ipv6(src, dst, 6, 0, 0, &tcp(sport, dport, flags, b"hello"))
+}
+
+fn eth4(ip: &[u8]) -> Vec<u8> {
+    ethernet(None, 0x0800, ip)
+}
+
+fn eth6(ip: &[u8]) -> Vec<u8> {
+    ethernet(None, 0x86dd, ip)
+}
+
+fn cases() -> Vec<Case> {
+    use ExitReason::*;
+    let mut v = Vec::new();
+    let syn4 = v4tcp(CLIENT4, 40000, VIP_A, 80, TCP_SYN);
+    let syn6 = v6tcp(CLIENT6, 40000, VIP6, 80, TCP_SYN);
+
+    // Not IP, or too short to say.
+    v.push(case(
+        "ARP",
+        ethernet(None, 0x0806, &[0u8; 28]),
+        PassNotIp,
+        Out::Same,
+    ));
+    v.push(case(
+        "bare Ethernet header with the IPv4 EtherType",
+        ethernet(None, 0x0800, &[]),
+        PassNotVip,
+        Out::Same,
+    ));
+    v.push(case(
+        "VLAN tag cut short",
+        {
+            let mut f = ethernet(Some(7), 0x0800, &[]);
+            f.truncate(16);
+            f
+        },
+        PassNotIp,
+        Out::Same,
+    ));
+    v.push(case(
+        "QinQ outer tag (0x88a8) is not parsed",
+        ethernet(None, 0x88a8, &syn4),
+        PassNotIp,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv4 header cut at 19 bytes",
+        eth4(&syn4[..19]),
+        PassNotVip,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv6 header cut at 39 bytes",
+        eth6(&syn6[..39]),
+        PassNotVip,
+        Out::Same,
+    ));
+
+    // Not a VIP.
+    v.push(case(
+        "IPv4 TCP to another address",
+        eth4(&v4tcp(CLIENT4, 1, NODE4, 80, TCP_SYN)),
+        PassNotVip,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv4 TCP to a VIP address, unconfigured port",
+        eth4(&v4tcp(CLIENT4, 1, VIP_A, 8080, TCP_SYN)),
+        PassNotVip,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv4 UDP to a TCP-only VIP port",
+        eth4(&V4::new(CLIENT4, VIP_A, 17).packet(&udp(1, 80, b"x"))),
+        PassNotVip,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv4 GRE to a VIP address",
+        eth4(&V4::new(CLIENT4, VIP_A, 47).packet(&[0u8; 8])),
+        PassNotVip,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv6 TCP to another address",
+        eth6(&v6tcp(CLIENT6, 1, NODE6, 80, TCP_SYN)),
+        PassNotVip,
+        Out::Same,
+    ));
+
+    // To a service: encapsulated to the ring's gateway.
+    v.push(case(
+        "IPv4 SYN to service 0: IPIP to gateway 1",
+        eth4(&syn4),
+        Tx,
+        Out::Frame(ipip(GW1, None, &syn4)),
+    ));
+    v.push(case(
+        "IPv4 SYN with a VLAN tag: the tag is kept",
+        ethernet(Some(0x0123), 0x0800, &syn4),
+        Tx,
+        Out::Frame(ipip(GW1, Some(0x0123), &syn4)),
+    ));
+    let mut opt = V4::new(CLIENT4, VIP_A, 6);
+    opt.options = vec![1, 1, 1, 0, 0x94, 4, 0, 0]; // NOPs and Router Alert: IHL 7
+    opt.tos = 0xb9;
+    opt.df = false;
+    let opt = opt.packet(&tcp(
+        40001,
+        80,
+        TCP_ACK | TCP_PSH,
+        b"GET / HTTP/1.1\r\n\r\n",
+    ));
+    v.push(case(
+        "IPv4 with options, TOS and no DF: copied into the outer header",
+        eth4(&opt),
+        Tx,
+        Out::Frame(ipip(GW1, None, &opt)),
+    ));
+    let mut padded = eth4(&syn4);
+    padded.extend_from_slice(&[0xee; 6]);
+    let mut padded_out = ipip(GW1, None, &syn4);
+    padded_out.extend_from_slice(&[0xee; 6]);
+    v.push(case(
+        "Ethernet padding after the IP packet is carried along",
+        padded,
+        Tx,
+        Out::Frame(padded_out),
+    ));
+    v.push(case(
+        "IPv6 SYN to service 1: IP6IP6 to gateway 2",
+        eth6(&syn6),
+        Tx,
+        Out::Frame(ip6ip6(GW2, None, &syn6)),
+    ));
+    let tc6 = ipv6(
+        CLIENT6,
+        VIP6,
+        6,
+        0xb8,
+        0xabcde,
+        &tcp(40002, 80, TCP_ACK, b"x"),
+    );
+    v.push(case(
+        "IPv6 traffic class and flow label copied",
+        ethernet(Some(9), 0x86dd, &tc6),
+        Tx,
+        Out::Frame(ip6ip6(GW2, Some(9), &tc6)),
+    ));
+    v.push(case(
+        "UDP to service 2, whose gateway is this node: passed",
+        eth4(&V4::new(CLIENT4, VIP_A, 17).packet(&udp(5353, 53, b"query"))),
+        Local,
+        Out::Same,
+    ));
+
+    // No usable gateway.
+    v.push(case(
+        "service 3 has an empty ring",
+        eth4(&v4tcp(CLIENT4, 1, VIP_EMPTY, 80, TCP_SYN)),
+        DropNoGateway,
+        Out::Same,
+    ));
+    v.push(case(
+        "service 4's gateway has no IPv6 address",
+        eth6(&v6tcp(CLIENT6, 1, VIP6, 443, TCP_SYN)),
+        DropNoGateway,
+        Out::Same,
+    ));
+
+    // Malformed: dropped when addressed to a VIP address, passed otherwise.
+    let mut bad = syn4.clone();
+    bad[0] = 0x44; // IHL 4
+    v.push(case(
+        "IPv4 IHL 4 to a VIP",
+        eth4(&bad),
+        DropMalformed,
+        Out::Same,
+    ));
+    let mut bad = syn4.clone();
+    bad[0] = 0x65; // version 6 in an IPv4 frame
+    v.push(case(
+        "IPv4 EtherType, version 6, to a VIP",
+        eth4(&bad),
+        DropMalformed,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv4 total length beyond the frame, to a VIP",
+        eth4(&syn4[..syn4.len() - 1]),
+        DropMalformed,
+        Out::Same,
+    ));
+    let other = v4tcp(CLIENT4, 1, NODE4, 80, TCP_SYN);
+    v.push(case(
+        "IPv4 total length beyond the frame, not a VIP",
+        eth4(&other[..other.len() - 1]),
+        PassNotVip,
+        Out::Same,
+    ));
+    let mut bad = syn4.clone();
+    bad[20 + 12] = 0x40; // TCP data offset 4
+    v.push(case(
+        "TCP data offset 4",
+        eth4(&bad),
+        DropMalformed,
+        Out::Same,
+    ));
+    let mut bad = syn4.clone();
+    bad[20 + 12] = 0xf0; // data offset 15: 60 bytes, beyond the segment
+    v.push(case(
+        "TCP data offset beyond the packet",
+        eth4(&bad),
+        DropMalformed,
+        Out::Same,
+    ));
+    let tiny = V4::new(CLIENT4, VIP_A, 6).packet(&[0u8; 12]);
+    v.push(case(
+        "TCP header of 12 bytes",
+        eth4(&tiny),
+        DropMalformed,
+        Out::Same,
+    ));
+    let mut bad = V4::new(CLIENT4, VIP_A, 17).packet(&udp(5353, 53, b"q"));
+    bad[20 + 5] = 7; // UDP length 7
+    v.push(case("UDP length 7", eth4(&bad), DropMalformed, Out::Same));
+    let mut bad = syn6.clone();
+    bad[0] = 0x40;
+    v.push(case(
+        "IPv6 EtherType, version 4, to a VIP",
+        eth6(&bad),
+        DropMalformed,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv6 payload length beyond the frame, to a VIP",
+        eth6(&syn6[..syn6.len() - 2]),
+        DropMalformed,
+        Out::Same,
+    ));
+
+    // Fragments and extension headers go to the stack.
+    let mut frag = V4::new(CLIENT4, VIP_A, 6);
+    frag.df = false;
+    frag.mf = true;
+    v.push(case(
+        "first IPv4 fragment to a VIP",
+        eth4(&frag.packet(&tcp(40003, 80, TCP_ACK, &[7; 64]))),
+        PassFragment,
+        Out::Same,
+    ));
+    frag.mf = false;
+    frag.frag_offset = 9;
+    v.push(case(
+        "last IPv4 fragment to a VIP",
+        eth4(&frag.packet(&[7; 40])),
+        PassFragment,
+        Out::Same,
+    ));
+    frag.dst = NODE4;
+    v.push(case(
+        "IPv4 fragment to another address",
+        eth4(&frag.packet(&[7; 40])),
+        PassNotVip,
+        Out::Same,
+    ));
+    let mut hbh = vec![6, 0, 5, 2, 0, 0, 1, 0]; // hop-by-hop: router alert, then TCP
+    hbh.extend_from_slice(&tcp(40004, 80, TCP_SYN, b""));
+    v.push(case(
+        "IPv6 hop-by-hop header to a VIP",
+        eth6(&ipv6(CLIENT6, VIP6, 0, 0, 0, &hbh)),
+        PassIpv6Ext,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPv6 hop-by-hop header to another address",
+        eth6(&ipv6(CLIENT6, NODE6, 0, 0, 0, &hbh)),
+        PassNotVip,
+        Out::Same,
+    ));
+
+    // Decapsulation on this node.
+    let inner = v4tcp(CLIENT4, 40005, VIP_A, 80, TCP_SYN);
+    let outer = V4::new(Ipv4Addr::new(10, 0, 0, 9), NODE4, 4).packet(&inner);
+    v.push(case(
+        "IPIP to this node with a VIP inside: stripped and passed",
+        eth4(&outer),
+        Decap,
+        Out::Frame(eth4(&inner)),
+    ));
+    v.push(case(
+        "IPIP decap keeps the VLAN tag",
+        ethernet(Some(5), 0x0800, &outer),
+        Decap,
+        Out::Frame(ethernet(Some(5), 0x0800, &inner)),
+    ));
+    let mut with_opts = V4::new(Ipv4Addr::new(10, 0, 0, 9), NODE4, 4);
+    with_opts.options = vec![1, 1, 1, 1];
+    v.push(case(
+        "IPIP with outer options (IHL 6): all 24 bytes stripped",
+        eth4(&with_opts.packet(&inner)),
+        Decap,
+        Out::Frame(eth4(&inner)),
+    ));
+    let not_vip = v4tcp(CLIENT4, 40005, NODE4, 22, TCP_SYN);
+    v.push(case(
+        "IPIP to this node, inner not a VIP",
+        eth4(&V4::new(Ipv4Addr::new(10, 0, 0, 9), NODE4, 4).packet(&not_vip)),
+        PassEncapOther,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPIP to another node",
+        eth4(&V4::new(Ipv4Addr::new(10, 0, 0, 9), gw4(GW1), 4).packet(&inner)),
+        PassEncapOther,
+        Out::Same,
+    ));
+    v.push(case(
+        "IPIP to this node, inner cut short",
+        eth4(&V4::new(Ipv4Addr::new(10, 0, 0, 9), NODE4, 4).packet(&inner[..19])),
+        PassEncapOther,
+        Out::Same,
+    ));
+    let inner6 = v6tcp(CLIENT6, 40006, VIP6, 80, TCP_SYN);
+    let outer6 = ipv6(gw6(GW1), NODE6, 41, 0, 0, &inner6);
+    v.push(case(
+        "IP6IP6 to this node with a VIP inside: stripped and passed",
+        eth6(&outer6),
+        Decap,
+        Out::Frame(eth6(&inner6)),
+    ));
+    v.push(case(
+        "IP6IP6 to another node",
+        eth6(&ipv6(gw6(GW1), gw6(GW2), 41, 0, 0, &inner6)),
+        PassEncapOther,
+        Out::Same,
+    ));
+
+    // ICMP errors about VIP flows follow the flow.
+    let reply = v4tcp(VIP_A, 80, CLIENT4, 40007, TCP_SYN | TCP_ACK);
+    let frag_needed = V4::new(Ipv4Addr::new(198, 51, 100, 1), VIP_A, 1).packet(&icmp(
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &reply[..28],
+    ));
+    v.push(case(
+        "ICMP fragmentation needed quoting a reply from service 0: to gateway 1",
+        eth4(&frag_needed),
+        IcmpForwarded,
+        Out::Frame(ipip(GW1, None, &frag_needed)),
+    ));
+    let dns_reply = V4::new(VIP_A, CLIENT4, 17).packet(&udp(53, 5353, b"answer"));
+    let unreach = V4::new(CLIENT4, VIP_A, 1).packet(&icmp(3, 3, [0; 4], &dns_reply[..28]));
+    v.push(case(
+        "ICMP port unreachable quoting service 2 (this node): passed",
+        eth4(&unreach),
+        Local,
+        Out::Same,
+    ));
+    v.push(case(
+        "ICMP quote cut before the ports",
+        eth4(&V4::new(CLIENT4, VIP_A, 1).packet(&icmp(3, 4, [0; 4], &reply[..22]))),
+        PassNotVip,
+        Out::Same,
+    ));
+    v.push(case(
+        "ICMP echo request to a VIP",
+        eth4(&V4::new(CLIENT4, VIP_A, 1).packet(&icmp(8, 0, [0, 1, 0, 1], b"ping"))),
+        PassNotVip,
+        Out::Same,
+    ));
+    let other_reply = v4tcp(NODE4, 22, CLIENT4, 40007, TCP_ACK);
+    v.push(case(
+        "ICMP error quoting a non-VIP flow",
+        eth4(&V4::new(CLIENT4, NODE4, 1).packet(&icmp(3, 4, [0; 4], &other_reply[..28]))),
+        PassNotVip,
+        Out::Same,
+    ));
+    let reply6 = v6tcp(VIP6, 80, CLIENT6, 40008, TCP_SYN | TCP_ACK);
+    let ptb = ipv6(
+        Ipv6Addr::new(0x2001, 0xdb8, 1, 0, 0, 0, 0, 1),
+        VIP6,
+        58,
+        0,
+        0,
+        &icmp(2, 0, 1280u32.to_be_bytes(), &reply6[..48]),
+    );
+    v.push(case(
+        "ICMPv6 packet too big quoting service 1: to gateway 2",
+        eth6(&ptb),
+        IcmpForwarded,
+        Out::Frame(ip6ip6(GW2, None, &ptb)),
+    ));
+    let echo6 = ipv6(
+        CLIENT6,
+        VIP6,
+        58,
+        0,
+        0,
+        &icmp(128, 0, [0, 1, 0, 1], b"ping"),
+    );
+    v.push(case(
+        "ICMPv6 echo request to a VIP",
+        eth6(&echo6),
+        PassNotVip,
+        Out::Same,
+    ));
+    v
+}
+
+fn check(h: &mut Harness, c: &Case) {
+    let before = h.dp.exit_stats().unwrap();
+    let (got, model) = h
+        .run(&c.input)
+        .unwrap_or_else(|e| panic!("{}: {e}", c.what));
+    let expected = match &c.out {
+        Out::Same => c.input.clone(),
+        Out::Frame(f) => f.clone(),
+    };
+    assert_eq!(got.action, c.reason.action(), "{}: verdict", c.what);
+    assert_eq!(hex(&got.frame), hex(&expected), "{}: output frame", c.what);
+    assert_eq!(model.reason, c.reason, "{}: the model's reason", c.what);
+    assert_eq!(
+        hex(&model.frame),
+        hex(&expected),
+        "{}: the model's frame",
+        c.what
+    );
+    let after = h.dp.exit_stats().unwrap();
+    assert_eq!(
+        after.get(c.reason).packets,
+        before.get(c.reason).packets + 1,
+        "{}: counted under {}",
+        c.what,
+        c.reason.name()
+    );
+    assert_eq!(
+        after.total_packets(),
+        before.total_packets() + 1,
+        "{}: counted once",
+        c.what
+    );
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn harness() -> Harness {
+    let mut h = Harness::load(65536).unwrap();
+    standard(&mut h).unwrap();
+    h
+}
+
+#[test]
+fn fixture_table() {
+    if !require_root("fixture_table") {
+        return;
+    }
+    let mut h = harness();
+    let cases = cases();
+    for c in &cases {
+        check(&mut h, c);
+    }
+    h.check_counters().unwrap();
+    // The transmitted frames are valid to an independent parser (etherparse).
+    for c in cases.iter().filter(|c| matches!(c.out, Out::Frame(_))) {
+        let (got, _) = h.run(&c.input).unwrap();
+        let parsed = etherparse::SlicedPacket::from_ethernet(&got.frame)
+            .unwrap_or_else(|e| panic!("{}: {e}", c.what));
+        if let Some(etherparse::NetSlice::Ipv4(ip)) = parsed.net {
+            let header = ip.header().to_header();
+            assert_eq!(
+                header.header_checksum,
+                header.calc_header_checksum(),
+                "{}",
+                c.what
+            );
+        }
+    }
+}
+
+fn gateway_of(h: &mut Harness, frame: &[u8]) -> Option<u32> {
+    let (got, model) = h.run(frame).unwrap();
+    assert_eq!(hex(&got.frame), hex(&model.frame));
+    if got.action != ExitReason::Tx.action() {
+        return None;
+    }
+    // The outer destination MAC names the gateway.
+    (1..=3).find(|id| got.frame[..6] == gw_mac(*id))
+}
+
+#[test]
+fn flows_keep_their_gateway_when_the_ring_changes() {
+    if !require_root("flows_keep_their_gateway_when_the_ring_changes") {
+        return;
+    }
+    let mut h = harness();
+    // Service 5 splits over gateways 1 and 2. Open 200 flows and note their gateways.
+    let mut pinned = Vec::new();
+    for port in 20000..20200u16 {
+        let gw = gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_SYN)).unwrap();
+        pinned.push((port, gw));
+    }
+    let on1 = pinned.iter().filter(|(_, g)| *g == GW1).count();
+    assert!(
+        (60..=140).contains(&on1),
+        "both gateways get flows: {on1} of 200 on gateway 1"
+    );
+    // Drain gateway 1: the ring now holds only gateway 2.
+    h.write_ring(5, &ring_of(&[GW2]).unwrap()).unwrap();
+    for (port, gw) in &pinned {
+        let now = gateway_of(
+            &mut h,
+            &frames::tcp4(CLIENT4, *port, VIP_SPLIT, 80, TCP_ACK),
+        )
+        .unwrap();
+        assert_eq!(
+            now, *gw,
+            "established flow from port {port} kept its gateway"
+        );
+    }
+    // New flows, and a SYN of an old flow (a new connection on a reused port), follow the ring.
+    for port in 30000..30100u16 {
+        let gw = gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_SYN)).unwrap();
+        assert_eq!(gw, GW2);
+    }
+    let (port, _) = pinned.iter().find(|(_, g)| *g == GW1).unwrap();
+    let gw = gateway_of(
+        &mut h,
+        &frames::tcp4(CLIENT4, *port, VIP_SPLIT, 80, TCP_SYN),
+    )
+    .unwrap();
+    assert_eq!(gw, GW2, "a SYN re-hashes");
+    // The ring the kernel uses is the one written.
+    assert_eq!(h.dp.active_ring(5).unwrap(), ring_of(&[GW2]).unwrap());
+    h.check_counters().unwrap();
+}
+
+#[test]
+fn flows_of_a_removed_gateway_are_rehashed() {
+    if !require_root("flows_of_a_removed_gateway_are_rehashed") {
+        return;
+    }
+    let mut h = harness();
+    let mut on1 = Vec::new();
+    for port in 21000..21100u16 {
+        if gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_SYN)) == Some(GW1) {
+            on1.push(port);
+        }
+    }
+    assert!(!on1.is_empty());
+    // Gateway 1 dies: the agent takes it out of the ring and clears its entry.
+    h.write_ring(5, &ring_of(&[GW2]).unwrap()).unwrap();
+    h.set_gateway(GW1, GatewayValue::default()).unwrap();
+    for port in on1 {
+        let gw = gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_ACK));
+        assert_eq!(
+            gw,
+            Some(GW2),
+            "flow from port {port} moved to a live gateway"
+        );
+    }
+    h.check_counters().unwrap();
+}
+
+#[test]
+fn stateless_and_source_hashed_services() {
+    if !require_root("stateless_and_source_hashed_services") {
+        return;
+    }
+    let mut h = harness();
+    // Service 6 (UDP 443) keeps no flow entries.
+    for port in 0..50u16 {
+        let ip = V4::new(CLIENT4, VIP_NOCT, 17).packet(&udp(10000 + port, 443, b"quic"));
+        let (got, _) = h.run(&ethernet(None, 0x0800, &ip)).unwrap();
+        assert_eq!(got.action, ExitReason::Tx.action());
+    }
+    let flows = h.dp.flows().unwrap();
+    assert!(
+        !flows
+            .iter()
+            .any(|(k, _)| k.dst == v4_field(VIP_NOCT.octets())),
+        "no connection-table entries for a NO_CONNTRACK service"
+    );
+    assert_eq!(
+        h.dp.vip_stats(6).unwrap().new_flows,
+        50,
+        "every packet is hashed"
+    );
+    // Service 7 sends every port of one client to one gateway, and spreads clients.
+    let mut seen = std::collections::BTreeSet::new();
+    for client in 1..=40u8 {
+        let src = Ipv4Addr::new(192, 0, 2, client);
+        let first = gateway_of(&mut h, &frames::tcp4(src, 1000, VIP_SRC, 80, TCP_SYN)).unwrap();
+        for port in 1001..1010 {
+            let gw = gateway_of(&mut h, &frames::tcp4(src, port, VIP_SRC, 80, TCP_SYN)).unwrap();
+            assert_eq!(gw, first, "client {src}: all ports on one gateway");
+        }
+        seen.insert(first);
+    }
+    assert_eq!(seen.len(), 2, "clients spread over both gateways");
+    h.check_counters().unwrap();
+}
+
+#[test]
+fn connection_table_records_the_client_flow() {
+    if !require_root("connection_table_records_the_client_flow") {
+        return;
+    }
+    let mut h = harness();
+    h.run(&frames::tcp6(CLIENT6, 45000, VIP6, 8080, TCP_SYN))
+        .unwrap();
+    let flows = h.dp.flows().unwrap();
+    let want = FlowKey {
+        src: CLIENT6.octets(),
+        dst: VIP6.octets(),
+        sport: 45000u16.to_be_bytes(),
+        dport: 8080u16.to_be_bytes(),
+        proto: 6,
+        family: 6,
+        _pad: [0; 2],
+    };
+    let (_, v) = flows
+        .iter()
+        .find(|(k, _)| *k == want)
+        .expect("flow recorded");
+    assert_eq!(Some(v), h.model.flows.get(&want));
+    assert_eq!(h.dp.active_ring(8).unwrap().len(), RING_SIZE as usize);
+}
