@@ -61,6 +61,25 @@ impl ExitReason {
         ExitReason::Aborted,
     ];
 
+    /// The reason with index `i`; `Aborted` for an index out of range.
+    #[inline(always)]
+    pub const fn from_index(i: u32) -> Self {
+        match i {
+            0 => ExitReason::PassNotIp,
+            1 => ExitReason::PassNotVip,
+            2 => ExitReason::PassFragment,
+            3 => ExitReason::PassIpv6Ext,
+            4 => ExitReason::PassEncapOther,
+            5 => ExitReason::DropMalformed,
+            6 => ExitReason::Local,
+            7 => ExitReason::Tx,
+            8 => ExitReason::Decap,
+            9 => ExitReason::IcmpForwarded,
+            10 => ExitReason::DropNoGateway,
+            _ => ExitReason::Aborted,
+        }
+    }
+
     /// The XDP verdict of this exit (`XDP_ABORTED` 0, `XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3).
     pub const fn action(self) -> u32 {
         match self {
@@ -110,6 +129,7 @@ mod tests {
     fn all_is_in_index_order_and_names_are_unique() {
         for (i, r) in ExitReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i);
+            assert_eq!(ExitReason::from_index(i as u32), *r);
         }
         let mut names: Vec<_> = ExitReason::ALL.iter().map(|r| r.name()).collect();
         names.sort_unstable();

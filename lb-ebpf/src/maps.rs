@@ -32,10 +32,15 @@ pub static GATEWAYS: Array<GatewayValue> = Array::with_max_entries(MAX_GATEWAYS,
 #[map(name = "NODE")]
 pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
+/// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU instead of one shared list behind a lock.
+/// A flow's packets arrive on one CPU (RSS), so its entry lives in that CPU's list; each
+/// list holds `max_entries / CPUs` flows.
+const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+
 /// The connection table. Its size is set by the loader.
 #[map(name = "FLOWS")]
 pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, 0);
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// One counter per [`ExitReason`]; every exit path bumps exactly one.
 #[map(name = "EXIT_STATS")]

@@ -19,7 +19,7 @@ use lb_common::{
 
 use crate::{
     maps::{EXIT_STATS, FLOWS, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_STATS, VIPS},
-    packet::{be16_at, read, u8_at, write},
+    packet::{be16_at, bytes2, bytes4, bytes16, read_bytes, u8_at, write_bytes},
 };
 
 const VLAN_L3: usize = ETH_HLEN + 4;
@@ -48,12 +48,15 @@ struct Ip {
 
 #[inline(always)]
 pub fn run(ctx: &XdpContext) -> u32 {
-    let len = (ctx.data_end() - ctx.data()) as u64;
-    let step = classify(ctx).unwrap_or(Step::Done(ExitReason::Aborted));
+    let flen = frame_len(ctx);
+    let len = flen as u64;
+    // Three BPF-to-BPF calls instead of one inlined body: the stages' stack frames then
+    // never coexist, which keeps the program under the 512-byte stack limit.
+    let step = decode(classify_step(ctx, flen));
     let reason = match step {
         Step::Done(r) => r,
-        Step::Forward { gw, icmp } => forward(ctx, gw, icmp, len).unwrap_or(ExitReason::Aborted),
-        Step::Decap { l3, outer } => decap(ctx, l3, outer).unwrap_or(ExitReason::Aborted),
+        Step::Forward { gw, icmp } => ExitReason::from_index(forward_step(ctx, gw, icmp, len)),
+        Step::Decap { l3, outer } => ExitReason::from_index(decap_step(ctx, l3, outer)),
     };
     if let Some(c) = EXIT_STATS.get_ptr_mut(reason as u32) {
         // SAFETY: per-CPU slot returned by the map; no other writer on this CPU.
@@ -63,6 +66,52 @@ pub fn run(ctx: &XdpContext) -> u32 {
         }
     }
     reason.action()
+}
+
+/// A [`Step`] in one register (a BPF function returns at most 8 bytes): bits 0-1 the kind
+/// (0 done, 1 forward, 2 forward an ICMP error, 3 decapsulate), then the reason in bits
+/// 8-15 (done), the gateway in bits 32-63 (forward), or the Ethernet and outer header
+/// lengths in bits 8-15 and 16-23 (decapsulate).
+#[inline(always)]
+fn encode(step: Option<Step>) -> u64 {
+    match step {
+        None => (ExitReason::Aborted as u64) << 8,
+        Some(Step::Done(r)) => (r as u64) << 8,
+        Some(Step::Forward { gw, icmp }) => 1 + u64::from(icmp) + (u64::from(gw) << 32),
+        Some(Step::Decap { l3, outer }) => {
+            3 | ((l3 as u64 & 0xff) << 8) | ((outer as u64 & 0xff) << 16)
+        }
+    }
+}
+
+#[inline(always)]
+fn decode(v: u64) -> Step {
+    match v & 3 {
+        0 => Step::Done(ExitReason::from_index((v >> 8) as u32 & 0xff)),
+        1 | 2 => Step::Forward {
+            gw: (v >> 32) as u32,
+            icmp: v & 3 == 2,
+        },
+        _ => Step::Decap {
+            l3: ((v >> 8) & 0xff) as usize,
+            outer: ((v >> 16) & 0xff) as usize,
+        },
+    }
+}
+
+#[inline(never)]
+fn classify_step(ctx: &XdpContext, len: usize) -> u64 {
+    encode(classify(ctx, len))
+}
+
+#[inline(never)]
+fn forward_step(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> u32 {
+    forward(ctx, gw, icmp, len).unwrap_or(ExitReason::Aborted) as u32
+}
+
+#[inline(never)]
+fn decap_step(ctx: &XdpContext, l3: usize, outer: usize) -> u32 {
+    decap(ctx, l3, outer).unwrap_or(ExitReason::Aborted) as u32
 }
 
 #[inline(always)]
@@ -88,36 +137,32 @@ fn frame_len(ctx: &XdpContext) -> usize {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Option<Step> {
-    let len = frame_len(ctx);
+fn classify(ctx: &XdpContext, len: usize) -> Option<Step> {
     if len < ETH_HLEN {
         return Some(Step::Done(ExitReason::PassNotIp));
     }
-    let proto = be16_at(ctx, 12)?;
+    let mut proto = be16_at(ctx, 12)?;
+    let mut l3 = ETH_HLEN;
     if proto == ETH_P_8021Q {
         if len < VLAN_L3 {
             return Some(Step::Done(ExitReason::PassNotIp));
         }
-        return match be16_at(ctx, 16)? {
-            ETH_P_IP => ipv4(ctx, VLAN_L3),
-            ETH_P_IPV6 => ipv6(ctx, VLAN_L3),
-            _ => Some(Step::Done(ExitReason::PassNotIp)),
-        };
+        proto = be16_at(ctx, 16)?;
+        l3 = VLAN_L3;
     }
     match proto {
-        ETH_P_IP => ipv4(ctx, ETH_HLEN),
-        ETH_P_IPV6 => ipv6(ctx, ETH_HLEN),
+        ETH_P_IP => ipv4(ctx, len, l3),
+        ETH_P_IPV6 => ipv6(ctx, len, l3),
         _ => Some(Step::Done(ExitReason::PassNotIp)),
     }
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, l3: usize) -> Option<Step> {
-    let len = frame_len(ctx);
+fn ipv4(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
     if len < l3 + IPV4_HLEN {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
-    let dst = v4_field(read::<[u8; 4]>(ctx, l3 + 16)?);
+    let dst = v4_field(bytes4(ctx, l3 + 16)?);
     let vhl = u8_at(ctx, l3)?;
     let ihl = ((vhl & 0x0f) as usize) * 4;
     let total = be16_at(ctx, l3 + 2)? as usize;
@@ -128,7 +173,7 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Option<Step> {
         family: FAMILY_V4,
         l4: l3 + ihl,
         end: l3 + total,
-        src: v4_field(read::<[u8; 4]>(ctx, l3 + 12)?),
+        src: v4_field(bytes4(ctx, l3 + 12)?),
         dst,
     };
     let proto = u8_at(ctx, l3 + 9)?;
@@ -145,18 +190,17 @@ fn ipv4(ctx: &XdpContext, l3: usize) -> Option<Step> {
     }
     match proto {
         PROTO_ICMP => icmp(ctx, &ip),
-        PROTO_TCP | PROTO_UDP => transport(ctx, &ip, proto),
+        PROTO_TCP | PROTO_UDP => transport(ctx, &ip, proto, len as u64),
         _ => Some(Step::Done(ExitReason::PassNotVip)),
     }
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, l3: usize) -> Option<Step> {
-    let len = frame_len(ctx);
+fn ipv6(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
     if len < l3 + IPV6_HLEN {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
-    let dst = read::<[u8; 16]>(ctx, l3 + 24)?;
+    let dst = bytes16(ctx, l3 + 24)?;
     let payload = be16_at(ctx, l3 + 4)? as usize;
     if u8_at(ctx, l3)? >> 4 != 6 || l3 + IPV6_HLEN + payload > len {
         return Some(malformed(FAMILY_V6, dst));
@@ -165,14 +209,14 @@ fn ipv6(ctx: &XdpContext, l3: usize) -> Option<Step> {
         family: FAMILY_V6,
         l4: l3 + IPV6_HLEN,
         end: l3 + IPV6_HLEN + payload,
-        src: read::<[u8; 16]>(ctx, l3 + 8)?,
+        src: bytes16(ctx, l3 + 8)?,
         dst,
     };
     let nh = u8_at(ctx, l3 + 6)?;
     match nh {
         PROTO_IPV6 => decap_check(ctx, &ip, l3, IPV6_HLEN, false),
         PROTO_ICMPV6 => icmp(ctx, &ip),
-        PROTO_TCP | PROTO_UDP => transport(ctx, &ip, nh),
+        PROTO_TCP | PROTO_UDP => transport(ctx, &ip, nh, len as u64),
         _ => Some(Step::Done(
             if is_ipv6_extension(nh) && is_vip_addr(FAMILY_V6, dst) {
                 ExitReason::PassIpv6Ext
@@ -199,13 +243,13 @@ fn decap_check(
             && !fragmented
             && inner + IPV4_HLEN <= ip.end
             && u8_at(ctx, inner)? >> 4 == 4
-            && is_vip_addr(FAMILY_V4, v4_field(read::<[u8; 4]>(ctx, inner + 16)?))
+            && is_vip_addr(FAMILY_V4, v4_field(bytes4(ctx, inner + 16)?))
     } else {
         node.flags & NODE_F_V6 != 0
             && addr_eq(&ip.dst, &node.addr6)
             && inner + IPV6_HLEN <= ip.end
             && u8_at(ctx, inner)? >> 4 == 6
-            && is_vip_addr(FAMILY_V6, read::<[u8; 16]>(ctx, inner + 24)?)
+            && is_vip_addr(FAMILY_V6, bytes16(ctx, inner + 24)?)
     };
     Some(if ours {
         Step::Decap { l3, outer }
@@ -258,8 +302,8 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
             return Some(Step::Done(ExitReason::PassNotVip));
         }
         (
-            v4_field(read::<[u8; 4]>(ctx, q + 12)?),
-            v4_field(read::<[u8; 4]>(ctx, q + 16)?),
+            v4_field(bytes4(ctx, q + 12)?),
+            v4_field(bytes4(ctx, q + 16)?),
             q + ((vhl & 0x0f) as usize) * 4,
             u8_at(ctx, q + 9)?,
         )
@@ -268,8 +312,8 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
             return Some(Step::Done(ExitReason::PassNotVip));
         }
         (
-            read::<[u8; 16]>(ctx, q + 8)?,
-            read::<[u8; 16]>(ctx, q + 24)?,
+            bytes16(ctx, q + 8)?,
+            bytes16(ctx, q + 24)?,
             q + IPV6_HLEN,
             u8_at(ctx, q + 6)?,
         )
@@ -277,8 +321,8 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
     if (qproto != PROTO_TCP && qproto != PROTO_UDP) || ql4 + 8 > ip.end {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
-    let qsport = read::<[u8; 2]>(ctx, ql4)?;
-    let qdport = read::<[u8; 2]>(ctx, ql4 + 2)?;
+    let qsport = bytes2(ctx, ql4)?;
+    let qdport = bytes2(ctx, ql4 + 2)?;
     let vkey = VipKey {
         addr: qsrc,
         port: qsport,
@@ -312,7 +356,7 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
 }
 
 #[inline(always)]
-fn transport(ctx: &XdpContext, ip: &Ip, proto: u8) -> Option<Step> {
+fn transport(ctx: &XdpContext, ip: &Ip, proto: u8, len: u64) -> Option<Step> {
     let l4 = ip.l4;
     let ok = if proto == PROTO_TCP {
         l4 + 20 <= ip.end && {
@@ -328,8 +372,8 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8) -> Option<Step> {
     if !ok {
         return Some(malformed(ip.family, ip.dst));
     }
-    let sport = read::<[u8; 2]>(ctx, l4)?;
-    let dport = read::<[u8; 2]>(ctx, l4 + 2)?;
+    let sport = bytes2(ctx, l4)?;
+    let dport = bytes2(ctx, l4 + 2)?;
     let vkey = VipKey {
         addr: ip.dst,
         port: dport,
@@ -340,7 +384,6 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8) -> Option<Step> {
     let Some(vip) = (unsafe { VIPS.get(vkey) }).copied() else {
         return Some(Step::Done(ExitReason::PassNotVip));
     };
-    let len = frame_len(ctx) as u64;
     let stats = VIP_STATS.get_ptr_mut(vip.id);
     if let Some(s) = stats {
         // SAFETY: per-CPU slot; no other writer on this CPU.
@@ -400,23 +443,17 @@ fn adjust_head(ctx: &XdpContext, delta: i32) -> Option<()> {
     if r == 0 { Some(()) } else { None }
 }
 
-/// Writes the Ethernet header of an encapsulated frame: MACs, the VLAN tag of the input
-/// when it had one, and the EtherType.
+/// The Ethernet header of an encapsulated frame: the gateway's next-hop MAC, this node's
+/// MAC and `proto` (0x8100 when the input was tagged; the tag and the inner EtherType are
+/// written after it).
 #[inline(always)]
-fn write_eth(
-    ctx: &XdpContext,
-    g: &GatewayValue,
-    src: &[u8; 6],
-    vlan: Option<[u8; 2]>,
-    proto: u16,
-) -> Option<()> {
-    write(ctx, 0, g.mac)?;
-    write(ctx, 6, *src)?;
+fn eth_header(g: &GatewayValue, src: &[u8; 6], proto: u16) -> [u8; ETH_HLEN] {
+    let m = &g.mac;
     let p = proto.to_be_bytes();
-    match vlan {
-        Some(tci) => write(ctx, 12, [0x81, 0x00, tci[0], tci[1], p[0], p[1]]),
-        None => write(ctx, 12, p),
-    }
+    [
+        m[0], m[1], m[2], m[3], m[4], m[5], src[0], src[1], src[2], src[3], src[4], src[5], p[0],
+        p[1],
+    ]
 }
 
 #[inline(always)]
@@ -428,13 +465,17 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
     }
     let node = *NODE.get(0)?;
     let mut proto = be16_at(ctx, 12)?;
-    let mut vlan = None;
-    let mut l3 = ETH_HLEN;
+    let mut tci = None;
     if proto == ETH_P_8021Q {
-        vlan = Some(read::<[u8; 2]>(ctx, 14)?);
+        tci = Some(bytes2(ctx, 14)?);
         proto = be16_at(ctx, 16)?;
-        l3 = VLAN_L3;
     }
+    let l3 = if tci.is_some() { VLAN_L3 } else { ETH_HLEN };
+    let eth = eth_header(
+        &g,
+        &node.mac,
+        if tci.is_some() { ETH_P_8021Q } else { proto },
+    );
     if proto == ETH_P_IP {
         if node.flags & NODE_F_V4 == 0 || g.flags & GW_F_V4 == 0 {
             return Some(ExitReason::DropNoGateway);
@@ -447,29 +488,25 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
             g.addr4,
         );
         adjust_head(ctx, -(IPV4_HLEN as i32))?;
-        write_eth(ctx, &g, &node.mac, vlan, ETH_P_IP)?;
-        if vlan.is_some() {
-            write(ctx, VLAN_L3, outer)?;
-        } else {
-            write(ctx, ETH_HLEN, outer)?;
-        }
+        write_bytes(ctx, 0, &eth)?;
+        write_bytes(ctx, l3, &outer)?;
     } else {
         if node.flags & NODE_F_V6 == 0 || g.flags & GW_F_V6 == 0 {
             return Some(ExitReason::DropNoGateway);
         }
         let outer = outer_ipv6(
-            read::<[u8; 4]>(ctx, l3)?,
+            bytes4(ctx, l3)?,
             be16_at(ctx, l3 + 4)?,
             &node.addr6,
             &g.addr6,
         );
         adjust_head(ctx, -(IPV6_HLEN as i32))?;
-        write_eth(ctx, &g, &node.mac, vlan, ETH_P_IPV6)?;
-        if vlan.is_some() {
-            write(ctx, VLAN_L3, outer)?;
-        } else {
-            write(ctx, ETH_HLEN, outer)?;
-        }
+        write_bytes(ctx, 0, &eth)?;
+        write_bytes(ctx, l3, &outer)?;
+    }
+    if let Some(tci) = tci {
+        let p = proto.to_be_bytes();
+        write_bytes(ctx, ETH_HLEN, &[tci[0], tci[1], p[0], p[1]])?;
     }
     count_gateway(gw, len);
     Some(if icmp {
@@ -484,13 +521,13 @@ fn decap(ctx: &XdpContext, l3: usize, outer: usize) -> Option<ExitReason> {
     // `outer` is 20..=60 (IPv4, from the IHL) or 40 (IPv6).
     let outer = outer & 0x3f;
     if l3 == VLAN_L3 {
-        let eth = read::<[u8; VLAN_L3]>(ctx, 0)?;
+        let eth = read_bytes::<VLAN_L3>(ctx, 0)?;
         adjust_head(ctx, outer as i32)?;
-        write(ctx, 0, eth)?;
+        write_bytes(ctx, 0, &eth)?;
     } else {
-        let eth = read::<[u8; ETH_HLEN]>(ctx, 0)?;
+        let eth = read_bytes::<ETH_HLEN>(ctx, 0)?;
         adjust_head(ctx, outer as i32)?;
-        write(ctx, 0, eth)?;
+        write_bytes(ctx, 0, &eth)?;
     }
     Some(ExitReason::Decap)
 }

@@ -1,0 +1,258 @@
+//! `cargo xtask bench xdp [--json FILE]` runs this (in release, as root): nanoseconds per
+//! packet through the XDP data path under BPF_PROG_TEST_RUN.
+//!
+//! Every case is the mean over `--calls` (default 1,000,000) test runs of one packet each,
+//! timed by the kernel (the `duration` BPF_PROG_TEST_RUN reports for a single run), not one
+//! run with `repeat` (the program rewrites its input, so repeats would time another path).
+//! The floor, a trivial program returning XDP_TX (`xdp_floor`), is measured in the same
+//! run and subtracted. The process pins itself to one CPU.
+//!
+//! Cases: the floor; non-VIP pass; TCP SYN (a new flow: every call a distinct 5-tuple)
+//! IPv4 and IPv6; TCP ACK hitting the connection table (one flow) IPv4 and IPv6; TCP ACK
+//! over 1,000,000 established flows (the table filled by the IPv4 SYN case, the ACKs
+//! cycling through all of them).
+use std::{
+    io::Write as _,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    time::Instant,
+};
+
+use anyhow::{Context as _, bail};
+use clap::Parser;
+use lb_common::ExitReason;
+use lb_tests::{
+    frames::{TCP_ACK, TCP_SYN, tcp4, tcp6},
+    xdp::{Harness, standard, std_state::*},
+};
+use lb_userspace::dataplane::HelperPrograms;
+use serde::Serialize;
+
+#[derive(Debug, Parser)]
+#[command(about = "Nanoseconds per packet through the XDP data path (BPF_PROG_TEST_RUN)")]
+struct Args {
+    /// Test runs per case (one packet each).
+    #[arg(long, default_value_t = 1_000_000)]
+    calls: u32,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// CPU to pin to.
+    #[arg(long, default_value_t = 1)]
+    cpu: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct Case {
+    name: &'static str,
+    calls: u32,
+    /// Mean kernel-timed nanoseconds per run.
+    mean_ns: f64,
+    /// `mean_ns` minus the floor's.
+    net_ns: f64,
+    /// Mean wall-clock nanoseconds per syscall, for reference.
+    wall_ns: f64,
+    /// Target net of the floor, where the issue sets one.
+    target_ns: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct Report {
+    kernel: String,
+    cpu: usize,
+    flow_table_size: u32,
+    cases: Vec<Case>,
+}
+
+/// The `i`-th distinct client of the new-flow and big-table cases.
+fn client4(i: u32) -> (Ipv4Addr, u16) {
+    let ip = Ipv4Addr::from(0xc612_0000 | (i >> 12)); // 198.18.0.0/15
+    (ip, 10_000 + (i & 0xfff) as u16)
+}
+
+fn client6(i: u32) -> (Ipv6Addr, u16) {
+    let ip = Ipv6Addr::new(
+        0x2001,
+        0xdb8,
+        0xbe,
+        0,
+        0,
+        0,
+        (i >> 16) as u16,
+        (i >> 12) as u16 & 0xf,
+    );
+    (ip, 10_000 + (i & 0xfff) as u16)
+}
+
+struct Timing {
+    kernel_ns: u128,
+    wall_ns: u128,
+}
+
+/// Runs `frame_of(i)` for `i in 0..calls`, checking every verdict.
+fn measure(
+    calls: u32,
+    want: u32,
+    mut run: impl FnMut(&[u8]) -> anyhow::Result<(u32, std::time::Duration)>,
+    frame_of: impl Fn(u32) -> Vec<u8>,
+    prebuilt: bool,
+) -> anyhow::Result<Timing> {
+    let frames: Vec<Vec<u8>> = if prebuilt {
+        (0..calls).map(&frame_of).collect()
+    } else {
+        vec![frame_of(0)]
+    };
+    let mut kernel_ns = 0u128;
+    let start = Instant::now();
+    for i in 0..calls {
+        let f = &frames[if prebuilt { i as usize } else { 0 }];
+        let (action, d) = run(f)?;
+        if action != want {
+            bail!("call {i}: verdict {action}, expected {want}");
+        }
+        kernel_ns += d.as_nanos();
+    }
+    Ok(Timing {
+        kernel_ns,
+        wall_ns: start.elapsed().as_nanos(),
+    })
+}
+
+fn pin(cpu: usize) -> anyhow::Result<()> {
+    let mut set = nix::sched::CpuSet::new();
+    set.set(cpu).context("CPU index")?;
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+        .with_context(|| format!("pinning to CPU {cpu}"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    pin(args.cpu)?;
+    let calls = args.calls;
+    let table = 4 * 1_048_576;
+    let mut h = Harness::load(table)?;
+    standard(&mut h)?;
+    let helpers = HelperPrograms::load()?;
+    let tx = ExitReason::Tx.action();
+    let pass = ExitReason::PassNotVip.action();
+    let mut results: Vec<(&'static str, Timing, Option<f64>)> = Vec::new();
+
+    let syn4 = |i: u32| {
+        let (ip, port) = client4(i);
+        tcp4(ip, port, VIP_SPLIT, 80, TCP_SYN)
+    };
+    let ack4 = |i: u32| {
+        let (ip, port) = client4(i);
+        tcp4(ip, port, VIP_SPLIT, 80, TCP_ACK)
+    };
+    let syn6 = |i: u32| {
+        let (ip, port) = client6(i);
+        tcp6(ip, port, VIP6, 8080, TCP_SYN)
+    };
+    let dp = &h.dp;
+    let run_dp = |f: &[u8]| -> anyhow::Result<(u32, std::time::Duration)> {
+        let o = dp.test_run(f)?;
+        Ok((o.action, o.duration))
+    };
+
+    writeln!(std::io::stderr(), "floor ...")?;
+    let floor = measure(
+        calls,
+        ExitReason::Tx.action(),
+        |f| {
+            let o = helpers.floor_run(f)?;
+            Ok((o.action, o.duration))
+        },
+        syn4,
+        false,
+    )?;
+    results.push(("floor (xdp_floor: return XDP_TX)", floor, None));
+    writeln!(std::io::stderr(), "pass ...")?;
+    let t = measure(
+        calls,
+        pass,
+        run_dp,
+        |_| tcp4(CLIENT4, 40000, NODE4, 22, TCP_ACK),
+        false,
+    )?;
+    results.push(("non-VIP pass", t, Some(20.0)));
+    writeln!(std::io::stderr(), "conntrack hit ...")?;
+    dp.test_run(&tcp4(CLIENT4, 40000, VIP_SPLIT, 80, TCP_SYN))?;
+    let t = measure(
+        calls,
+        tx,
+        run_dp,
+        |_| tcp4(CLIENT4, 40000, VIP_SPLIT, 80, TCP_ACK),
+        false,
+    )?;
+    results.push(("TCP ACK, connection-table hit, IPv4", t, Some(60.0)));
+    dp.test_run(&tcp6(CLIENT6, 40000, VIP6, 8080, TCP_SYN))?;
+    let t = measure(
+        calls,
+        tx,
+        run_dp,
+        |_| tcp6(CLIENT6, 40000, VIP6, 8080, TCP_ACK),
+        false,
+    )?;
+    results.push(("TCP ACK, connection-table hit, IPv6", t, Some(60.0)));
+    writeln!(std::io::stderr(), "new flows v4 ...")?;
+    let t = measure(calls, tx, run_dp, syn4, true)?;
+    results.push(("TCP SYN, new flow, IPv4", t, Some(140.0)));
+    writeln!(std::io::stderr(), "new flows v6 ...")?;
+    let t = measure(calls, tx, run_dp, syn6, true)?;
+    results.push(("TCP SYN, new flow, IPv6", t, Some(140.0)));
+    writeln!(std::io::stderr(), "big table ...")?;
+    let t = measure(calls, tx, run_dp, ack4, true)?;
+    results.push(("TCP ACK over 1M established flows (IPv4)", t, Some(60.0)));
+
+    let floor_ns = results[0].1.kernel_ns as f64 / f64::from(calls);
+    let cases: Vec<Case> = results
+        .into_iter()
+        .map(|(name, t, target)| {
+            let mean = t.kernel_ns as f64 / f64::from(calls);
+            Case {
+                name,
+                calls,
+                mean_ns: mean,
+                net_ns: mean - floor_ns,
+                wall_ns: t.wall_ns as f64 / f64::from(calls),
+                target_ns: target,
+            }
+        })
+        .collect();
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "XDP data path, BPF_PROG_TEST_RUN, kernel {kernel}, CPU {}, {} calls per case, flow table {table}",
+        args.cpu, calls
+    )?;
+    writeln!(
+        out,
+        "{:<44} {:>9} {:>12} {:>10} {:>8}",
+        "case", "mean ns", "net of floor", "wall ns", "target"
+    )?;
+    for c in &cases {
+        let target = c.target_ns.map_or("-".to_owned(), |t| format!("<= {t:.0}"));
+        writeln!(
+            out,
+            "{:<44} {:>9.1} {:>12.1} {:>10.1} {:>8}",
+            c.name, c.mean_ns, c.net_ns, c.wall_ns, target
+        )?;
+    }
+    let report = Report {
+        kernel,
+        cpu: args.cpu,
+        flow_table_size: table,
+        cases,
+    };
+    if let Some(path) = args.json {
+        std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+        writeln!(out, "wrote {}", path.display())?;
+    }
+    Ok(())
+}
