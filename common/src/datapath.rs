@@ -15,6 +15,8 @@ pub const RING_SIZE: u32 = 65537;
 pub const MAX_VIPS: u32 = 64;
 /// Most gateway nodes; gateway ids are `0..MAX_GATEWAYS`.
 pub const MAX_GATEWAYS: u32 = 1024;
+/// Bits of the VIP address prefilter (`VIP_FILTER`, 64 bits per array entry).
+pub const VIP_FILTER_BITS: u32 = 4096;
 /// Most VIP address entries plus service entries in the `VIPS` hash map.
 pub const MAX_VIP_ENTRIES: u32 = 2 * MAX_VIPS;
 /// Size the program is compiled with for the connection table; the loader sets the real
@@ -29,6 +31,9 @@ pub const OUTER_TTL: u8 = 64;
 pub mod map_names {
     /// `HashMap<VipKey, VipValue>`: services and VIP addresses.
     pub const VIPS: &str = "VIPS";
+    /// `Array<u64>[VIP_FILTER_BITS / 64]`: a bit per hashed destination address; clear
+    /// means "no VIP entry has this address", so the packet passes without a hash lookup.
+    pub const VIP_FILTER: &str = "VIP_FILTER";
     /// `Array<u32>[MAX_VIPS]`: which ring copy (0 or 1) of each VIP is active.
     pub const RING_SELECT: &str = "RING_SELECT";
     /// `Array<u32>[MAX_VIPS * 2 * RING_SIZE]`: two Maglev rings per VIP.
@@ -245,6 +250,16 @@ pub fn flow_hash(key: &FlowKey, vip_flags: u32) -> u32 {
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     (h >> 32) as u32
+}
+
+/// The `VIP_FILTER` bit of a destination address. Userspace sets the bit of every VIP
+/// entry's address before it inserts the entry and clears it after the last entry with
+/// that bit is gone; the program only skips the `VIPS` lookup on a clear bit, so a shared
+/// bit costs a lookup, never a wrong verdict.
+#[inline(always)]
+pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
+    let x = half(addr, false) ^ half(addr, true).rotate_left(29);
+    (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32
 }
 
 /// Index into `RINGS` of slot `hash % RING_SIZE` of copy `select` (0 or 1) of VIP `vip_id`.

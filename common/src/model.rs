@@ -24,7 +24,7 @@
 //!    is a VIP address (the stack reassembles; the data path does not), else
 //!    `pass_not_vip`. **IPv6 extension headers** ([`is_ipv6_extension`]): `pass_ipv6_ext`
 //!    when the destination is a VIP address, else `pass_not_vip`.
-//! 5. **ICMP errors** (IPv4 type 3, destination unreachable including fragmentation
+//! 5. **ICMP errors** addressed to a VIP address (IPv4 type 3, destination unreachable including fragmentation
 //!    needed; ICMPv6 type 1 unreachable and 2 packet too big) that quote a TCP/UDP packet
 //!    *from* a VIP service (the gateway's reply, sent with the VIP as source): the quoted
 //!    packet is turned around into the client's flow key, the flow's gateway is found as
@@ -343,7 +343,7 @@ impl Model {
     /// Step 5.
     fn icmp(&mut self, f: &Frame, ip: &Ip) -> Step {
         let l4 = ip.l4;
-        if l4 + 8 > ip.end {
+        if l4 + 8 > ip.end || !self.is_vip_addr(ip.family, ip.dst) {
             return Step::Done(ExitReason::PassNotVip);
         }
         let ty = f.u8(l4);

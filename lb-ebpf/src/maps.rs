@@ -8,13 +8,17 @@ use lb_common::{
     ExitReason, StatCounter,
     datapath::{
         DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIP_ENTRIES,
-        MAX_VIPS, NodeConfig, RING_SIZE, VipKey, VipStats, VipValue,
+        MAX_VIPS, NodeConfig, RING_SIZE, VIP_FILTER_BITS, VipKey, VipStats, VipValue,
     },
 };
 
 /// Services (address, port, protocol) and address-only entries.
 #[map(name = "VIPS")]
 pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIP_ENTRIES, 0);
+
+/// The VIP address prefilter: one bit per hashed destination address.
+#[map(name = "VIP_FILTER")]
+pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_BITS / 64, 0);
 
 /// Active ring copy (0 or 1) per VIP id. Userspace flips it after writing the other copy.
 #[map(name = "RING_SELECT")]

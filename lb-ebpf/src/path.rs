@@ -13,12 +13,15 @@ use lb_common::{
         GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, NO_GATEWAY,
         NODE_F_V4, NODE_F_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
         PROTO_UDP, VIP_F_NO_CONNTRACK, VipKey, VipValue, addr_eq, addr4_eq, flow_hash,
-        is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
+        is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of, vip_filter_bit,
     },
 };
 
 use crate::{
-    maps::{EXIT_STATS, FLOWS, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_STATS, VIPS},
+    maps::{
+        EXIT_STATS, FLOWS, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_FILTER,
+        VIP_STATS, VIPS,
+    },
     packet::{be16_at, bytes2, bytes4, bytes16, read_bytes, u8_at, write_bytes},
 };
 
@@ -114,6 +117,17 @@ fn decap_step(ctx: &XdpContext, l3: usize, outer: usize) -> u32 {
     decap(ctx, l3, outer).unwrap_or(ExitReason::Aborted) as u32
 }
 
+/// The prefilter: `false` means no VIP entry has this destination (see
+/// [`lb_common::datapath::vip_filter_bit`]); an array lookup, which the verifier inlines.
+#[inline(always)]
+fn filter_hit(dst: &[u8; 16]) -> bool {
+    let bit = vip_filter_bit(dst);
+    match VIP_FILTER.get(bit >> 6) {
+        Some(w) => *w & (1u64 << (bit & 63)) != 0,
+        None => true,
+    }
+}
+
 #[inline(always)]
 fn is_vip_addr(family: u8, addr: [u8; 16]) -> bool {
     VIPS.get_ptr(VipKey::address(family, addr)).is_some()
@@ -163,6 +177,10 @@ fn ipv4(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
     let dst = v4_field(bytes4(ctx, l3 + 16)?);
+    let proto = u8_at(ctx, l3 + 9)?;
+    if proto != PROTO_IPIP && !filter_hit(&dst) {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    }
     let vhl = u8_at(ctx, l3)?;
     let ihl = ((vhl & 0x0f) as usize) * 4;
     let total = be16_at(ctx, l3 + 2)? as usize;
@@ -176,7 +194,6 @@ fn ipv4(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
         src: v4_field(bytes4(ctx, l3 + 12)?),
         dst,
     };
-    let proto = u8_at(ctx, l3 + 9)?;
     let fragmented = be16_at(ctx, l3 + 6)? & 0x3fff != 0;
     if proto == PROTO_IPIP {
         return decap_check(ctx, &ip, l3, ihl, fragmented);
@@ -201,6 +218,10 @@ fn ipv6(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
     let dst = bytes16(ctx, l3 + 24)?;
+    let nh = u8_at(ctx, l3 + 6)?;
+    if nh != PROTO_IPV6 && !filter_hit(&dst) {
+        return Some(Step::Done(ExitReason::PassNotVip));
+    }
     let payload = be16_at(ctx, l3 + 4)? as usize;
     if u8_at(ctx, l3)? >> 4 != 6 || l3 + IPV6_HLEN + payload > len {
         return Some(malformed(FAMILY_V6, dst));
@@ -212,7 +233,6 @@ fn ipv6(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
         src: bytes16(ctx, l3 + 8)?,
         dst,
     };
-    let nh = u8_at(ctx, l3 + 6)?;
     match nh {
         PROTO_IPV6 => decap_check(ctx, &ip, l3, IPV6_HLEN, false),
         PROTO_ICMPV6 => icmp(ctx, &ip),
@@ -288,7 +308,7 @@ fn lookup_flow(key: &FlowKey) -> u32 {
 #[inline(always)]
 fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
     let l4 = ip.l4;
-    if l4 + 8 > ip.end {
+    if l4 + 8 > ip.end || !is_vip_addr(ip.family, ip.dst) {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
     let ty = u8_at(ctx, l4)?;

@@ -28,7 +28,7 @@ use lb_common::{
     ExitReason, StatCounter,
     datapath::{
         FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_SIZE, VipKey,
-        VipStats, VipValue, map_names,
+        VipStats, VipValue, map_names, vip_filter_bit,
     },
 };
 
@@ -197,6 +197,9 @@ pub struct Dataplane {
     /// Links of unpinned attachments: dropping one detaches the program.
     links: Vec<FdLink>,
     rings: HashMap<u32, RingShadow>,
+    /// The `VIPS` entries this writer made, and how many of them share each prefilter bit.
+    vip_entries: HashMap<VipKey, VipValue>,
+    filter_counts: HashMap<u32, u32>,
 }
 
 impl Dataplane {
@@ -219,6 +222,8 @@ impl Dataplane {
             ebpf,
             links: Vec::new(),
             rings: HashMap::new(),
+            vip_entries: HashMap::new(),
+            filter_counts: HashMap::new(),
         })
     }
 
@@ -229,7 +234,9 @@ impl Dataplane {
     }
 
     fn map(&self, name: &'static str) -> Result<&Map> {
-        self.ebpf.map(name).ok_or(DataplaneError::MissingMap { name })
+        self.ebpf
+            .map(name)
+            .ok_or(DataplaneError::MissingMap { name })
     }
 
     /// Sets this node's addresses and MAC (the `NODE` map).
@@ -254,10 +261,31 @@ impl Dataplane {
         if value.flags & lb_common::datapath::VIP_F_ADDRESS == 0 {
             check_range("VIP id", value.id, MAX_VIPS)?;
         }
+        if !self.vip_entries.contains_key(key) {
+            // The prefilter bit goes up before the entry exists, so no packet for the new
+            // entry is passed by the filter.
+            let bit = vip_filter_bit(&key.addr);
+            let count = self.filter_counts.entry(bit).or_insert(0);
+            *count += 1;
+            if *count == 1 {
+                self.set_filter_bit(bit, true)?;
+            }
+        }
         let name = map_names::VIPS;
         let mut m = BpfHashMap::<_, VipKey, VipValue>::try_from(self.map_mut(name)?)
             .map_err(map_err(name))?;
-        m.insert(key, value, 0).map_err(map_err(name))
+        m.insert(key, value, 0).map_err(map_err(name))?;
+        self.vip_entries.insert(*key, *value);
+        Ok(())
+    }
+
+    fn set_filter_bit(&mut self, bit: u32, on: bool) -> Result<()> {
+        let name = map_names::VIP_FILTER;
+        let mut a = Array::<_, u64>::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let word = a.get(&(bit / 64), 0).map_err(map_err(name))?;
+        let mask = 1u64 << (bit % 64);
+        let word = if on { word | mask } else { word & !mask };
+        a.set(bit / 64, word, 0).map_err(map_err(name))
     }
 
     /// Removes a VIP entry; removing one that is not there is not an error.
@@ -266,9 +294,20 @@ impl Dataplane {
         let mut m = BpfHashMap::<_, VipKey, VipValue>::try_from(self.map_mut(name)?)
             .map_err(map_err(name))?;
         match m.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err(name)(e)),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+            Err(e) => return Err(map_err(name)(e)),
         }
+        if self.vip_entries.remove(key).is_some() {
+            let bit = vip_filter_bit(&key.addr);
+            if let Some(count) = self.filter_counts.get_mut(&bit) {
+                *count -= 1;
+                if *count == 0 {
+                    self.filter_counts.remove(&bit);
+                    self.set_filter_bit(bit, false)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The VIP entries in the map.
@@ -294,10 +333,7 @@ impl Dataplane {
             });
         }
         let shadow = self.rings.entry(vip_id).or_insert_with(|| RingShadow {
-            copies: [
-                vec![0; RING_SIZE as usize],
-                vec![0; RING_SIZE as usize],
-            ],
+            copies: [vec![0; RING_SIZE as usize], vec![0; RING_SIZE as usize]],
             active: 0,
             flipped: None,
         });
@@ -355,8 +391,8 @@ impl Dataplane {
     /// The connection table's entries (walks the whole table: for tests and diagnostics).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
         let name = map_names::FLOWS;
-        let m =
-            BpfHashMap::<_, FlowKey, FlowValue>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let m = BpfHashMap::<_, FlowKey, FlowValue>::try_from(self.map(name)?)
+            .map_err(map_err(name))?;
         m.iter()
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(map_err(name))

@@ -10,7 +10,10 @@
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
-use lb_common::datapath::{GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue};
+use lb_common::datapath::{
+    FAMILY_V4, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, VIP_F_ADDRESS, VIP_F_HASH_SRC_ADDR,
+    VipKey, VipValue, v4_field,
+};
 use lb_tests::{
     frames::{V4, ethernet, icmp, ipv6, tcp, udp},
     privileged::require_root,
@@ -280,6 +283,36 @@ fn program_and_model_agree_on_random_and_mutated_frames() {
                 }
             };
             h.set_gateway(GW2, gw2).unwrap();
+            // Take service 7 and its address away, or put them back: the prefilter bit
+            // must follow.
+            let svc = VipKey {
+                addr: v4_field(VIP_SRC.octets()),
+                port: 80u16.to_be_bytes(),
+                proto: 6,
+                family: FAMILY_V4,
+            };
+            let addr = VipKey::address(FAMILY_V4, svc.addr);
+            if (i / 15_000) % 2 == 1 {
+                h.remove_vip(svc).unwrap();
+                h.remove_vip(addr).unwrap();
+            } else {
+                h.set_vip(
+                    addr,
+                    VipValue {
+                        id: 0,
+                        flags: VIP_F_ADDRESS,
+                    },
+                )
+                .unwrap();
+                h.set_vip(
+                    svc,
+                    VipValue {
+                        id: 7,
+                        flags: VIP_F_HASH_SRC_ADDR,
+                    },
+                )
+                .unwrap();
+            }
         }
         let mut f = frame(&mut r);
         if r.random_bool(0.45) {

@@ -467,6 +467,18 @@ fn cases() -> Vec<Case> {
         IcmpForwarded,
         Out::Frame(ip6ip6(GW2, None, &ptb)),
     ));
+    let elsewhere = V4::new(Ipv4Addr::new(198, 51, 100, 1), NODE4, 1).packet(&icmp(
+        3,
+        4,
+        [0, 0, 0x05, 0x78],
+        &reply[..28],
+    ));
+    v.push(case(
+        "ICMP error quoting a VIP flow but not addressed to a VIP",
+        eth4(&elsewhere),
+        PassNotVip,
+        Out::Same,
+    ));
     let echo6 = ipv6(
         CLIENT6,
         VIP6,
@@ -703,4 +715,50 @@ fn connection_table_records_the_client_flow() {
         .expect("flow recorded");
     assert_eq!(Some(v), h.model.flows.get(&want));
     assert_eq!(h.dp.active_ring(8).unwrap().len(), RING_SIZE as usize);
+}
+
+#[test]
+fn removed_services_pass_and_return() {
+    if !require_root("removed_services_pass_and_return") {
+        return;
+    }
+    let mut h = harness();
+    let syn = frames::tcp4(CLIENT4, 40000, VIP_A, 80, TCP_SYN);
+    assert_eq!(gateway_of(&mut h, &syn), Some(GW1));
+    // Every entry of the address goes (services 0 and 2, and the address entry): the
+    // prefilter bit is cleared and the packet is passed.
+    let services = lb_tests::xdp::standard_services().unwrap();
+    let of_a: Vec<_> = services
+        .iter()
+        .filter(|s| s.key.addr == v4_field(VIP_A.octets()))
+        .collect();
+    for s in &of_a {
+        h.remove_vip(s.key).unwrap();
+    }
+    let addr = lb_common::datapath::VipKey::address(4, v4_field(VIP_A.octets()));
+    h.remove_vip(addr).unwrap();
+    let (got, model) = h.run(&syn).unwrap();
+    assert_eq!(got.action, ExitReason::PassNotVip.action());
+    assert_eq!(model.reason, ExitReason::PassNotVip);
+    // Back again: forwarded as before.
+    h.set_vip(
+        addr,
+        lb_common::datapath::VipValue {
+            id: 0,
+            flags: lb_common::datapath::VIP_F_ADDRESS,
+        },
+    )
+    .unwrap();
+    for s in &of_a {
+        h.set_vip(
+            s.key,
+            lb_common::datapath::VipValue {
+                id: s.id,
+                flags: s.flags,
+            },
+        )
+        .unwrap();
+    }
+    assert_eq!(gateway_of(&mut h, &syn), Some(GW1));
+    h.check_counters().unwrap();
 }
