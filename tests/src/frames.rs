@@ -92,7 +92,7 @@ impl V4 {
     /// The header and `payload`, with a correct header checksum.
     pub fn packet(&self, payload: &[u8]) -> Vec<u8> {
         let mut opts = self.options.clone();
-        while opts.len() % 4 != 0 {
+        while !opts.len().is_multiple_of(4) {
             opts.push(0);
         }
         let hlen = 20 + opts.len();

@@ -222,9 +222,8 @@ fn mutate(r: &mut SmallRng, f: &mut Vec<u8>) {
             }
             5 => f.extend((0..r.random_range(1..20)).map(|_| r.random::<u8>())),
             6 if f.len() > l3 + 8 => {
-                // Fragment bits / IPv6 next header.
-                let at = if f[l3] >> 4 == 6 { l3 + 6 } else { l3 + 6 };
-                f[at] = r.random();
+                // IPv4 fragment bits / IPv6 next header (both at offset 6).
+                f[l3 + 6] = r.random();
             }
             7 if f.len() > l3 + 9 => {
                 // IPv4 protocol.

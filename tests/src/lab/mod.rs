@@ -213,7 +213,14 @@ impl Lab {
             settings.push(("net.ipv4.ip_forward".into(), "1".into()));
             settings.push(("net.ipv6.conf.all.forwarding".into(), "1".into()));
         }
-        settings.extend(spec.sysctls.iter().cloned());
+        // Keys of `eth0` itself can only be written once it exists (below).
+        let eth0_key = format!(".{HOST_IFACE}.");
+        let (eth0_settings, other): (Vec<_>, Vec<_>) = spec
+            .sysctls
+            .iter()
+            .cloned()
+            .partition(|(key, _)| key.contains(&eth0_key));
+        settings.extend(other);
         cmd::sysctls(&ns, &settings)?;
         cmd::ip_in(&ns, &["link", "set", "lo", "up"])?;
 
@@ -224,6 +231,7 @@ impl Lab {
             ],
         )?;
         cmd::ip_in(&sw, &["link", "set", &port, "master", BRIDGE])?;
+        cmd::sysctls(&ns, &eth0_settings)?;
         let mac_text = format_mac(&mac);
         cmd::ip_in(&ns, &["link", "set", HOST_IFACE, "address", &mac_text])?;
         for a in &spec.addrs {
@@ -252,6 +260,11 @@ impl Lab {
                 "netns", "exec", &ns, "ethtool", "-K", HOST_IFACE, "tx", "off",
             ],
         )?;
+        if let Some(mtu) = spec.mtu {
+            let mtu = mtu.to_string();
+            cmd::ip_in(&sw, &["link", "set", &port, "mtu", &mtu])?;
+            cmd::ip_in(&ns, &["link", "set", HOST_IFACE, "mtu", &mtu])?;
+        }
         cmd::ip_in(&sw, &["link", "set", &port, "up"])?;
         cmd::ip_in(&ns, &["link", "set", HOST_IFACE, "up"])?;
         for route in &spec.routes {

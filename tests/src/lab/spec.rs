@@ -46,12 +46,16 @@ pub struct HostSpec {
     pub mac: Option<[u8; 6]>,
     /// Arguments of `ip route add`, e.g. `default via 10.77.0.1`.
     pub routes: Vec<String>,
-    /// Extra sysctls (`net.ipv4.conf.eth0.arp_ignore` style keys).
+    /// Extra sysctls (`net.ipv4.conf.eth0.arp_ignore` style keys). Keys of `eth0` are
+    /// written once it exists, the others before any interface is created (so
+    /// `conf.default.*` applies to `eth0`).
     pub sysctls: Vec<(String, String)>,
     /// IPv4 and IPv6 forwarding on (a router).
     pub forwarding: bool,
     /// The host transmits with XDP_TX: its switch-side peer gets `xdp_pass`.
     pub xdp_tx: bool,
+    /// MTU of `eth0` and of its switch-side peer (default: the kernel's, 1500).
+    pub mtu: Option<u32>,
 }
 
 impl HostSpec {
@@ -102,6 +106,13 @@ impl HostSpec {
     /// Sets the MAC of `eth0` (default: derived from the host's position).
     pub fn mac(mut self, mac: [u8; 6]) -> Self {
         self.mac = Some(mac);
+        self
+    }
+
+    /// Sets the MTU of `eth0` and of its switch-side peer, e.g. room for an
+    /// encapsulation header on the links that carry tunnelled frames.
+    pub fn mtu(mut self, mtu: u32) -> Self {
+        self.mtu = Some(mtu);
         self
     }
 }
