@@ -1,6 +1,6 @@
 //! XDP programs of the load balancer.
 //!
-//! `lb_xdp` is the data path (see docs/life-of-a-packet.md). The map-less helper programs
+//! `lb_xdp` is the data path (see docs/datapath.md and the reference model in lb-common's `model` module). The map-less helper programs
 //! (`xdp_pass`, `xdp_floor`) live in `src/bin/lb-xdp-pass.rs`, a separate object.
 //!
 //! Built for `bpfel-unknown-none` by lb-userspace's build.rs. On the host the crate still

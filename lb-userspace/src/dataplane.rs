@@ -429,7 +429,20 @@ impl Dataplane {
             .ok_or(DataplaneError::MissingProgram { name: LB_PROGRAM })?
             .try_into()
             .map_err(|e| program_error(LB_PROGRAM, e))?;
-        test_run_xdp(prog, LB_PROGRAM, frame)
+        test_run_xdp(prog, LB_PROGRAM, frame, 1)
+    }
+
+    /// Runs the program `repeat` times over one copy of `frame` inside one
+    /// BPF_PROG_TEST_RUN (the kernel re-runs it on the same buffer, so only meaningful for
+    /// frames the program does not rewrite). `duration` is the kernel's mean per run.
+    pub fn test_run_repeated(&self, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
+        let prog: &Xdp = self
+            .ebpf
+            .program(LB_PROGRAM)
+            .ok_or(DataplaneError::MissingProgram { name: LB_PROGRAM })?
+            .try_into()
+            .map_err(|e| program_error(LB_PROGRAM, e))?;
+        test_run_xdp(prog, LB_PROGRAM, frame, repeat)
     }
 
     /// Attaches the data path to `iface` (in the calling thread's network namespace) for
@@ -493,13 +506,19 @@ pub struct TestRunOutput {
     pub duration: Duration,
 }
 
-fn test_run_xdp(prog: &Xdp, name: &'static str, frame: &[u8]) -> Result<TestRunOutput> {
+fn test_run_xdp(
+    prog: &Xdp,
+    name: &'static str,
+    frame: &[u8],
+    repeat: u32,
+) -> Result<TestRunOutput> {
     // Room for the largest growth (an IPv6 outer header) and then some.
     let mut out = vec![0u8; frame.len() + 256];
     let r = prog
         .test_run(TestRunOptions {
             data_in: Some(frame),
             data_out: Some(&mut out),
+            repeat,
             ..TestRunOptions::default()
         })
         .map_err(|e| DataplaneError::TestRun {
@@ -532,6 +551,18 @@ impl HelperPrograms {
         Ok(HelperPrograms { ebpf })
     }
 
+    /// `repeat` runs of `xdp_floor` inside one test run.
+    pub fn floor_run_repeated(&self, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
+        let name = "xdp_floor";
+        let prog: &Xdp = self
+            .ebpf
+            .program(name)
+            .ok_or(DataplaneError::MissingProgram { name })?
+            .try_into()
+            .map_err(|e| program_error(name, e))?;
+        test_run_xdp(prog, name, frame, repeat)
+    }
+
     /// One test run of `xdp_floor` (returns XDP_TX and touches nothing).
     pub fn floor_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
         let name = "xdp_floor";
@@ -541,7 +572,7 @@ impl HelperPrograms {
             .ok_or(DataplaneError::MissingProgram { name })?
             .try_into()
             .map_err(|e| program_error(name, e))?;
-        test_run_xdp(prog, name, frame)
+        test_run_xdp(prog, name, frame, 1)
     }
 }
 

@@ -3,7 +3,7 @@
 //! * `xdp_pass`: returns XDP_PASS. The lab attaches it to the peer of every veth whose
 //!   other end transmits with XDP_TX: veth silently drops XDP_TX frames unless the
 //!   receiving peer has an XDP program attached (verified on these kernels; see
-//!   docs/lab.md). Real NICs need nothing of the kind.
+//!   ARCHITECTURE.md, lab notes). Real NICs need nothing of the kind.
 //! * `xdp_floor`: returns XDP_TX unconditionally; `cargo xtask bench xdp` measures it in
 //!   the same run and subtracts it from every case.
 #![cfg_attr(target_arch = "bpf", no_std)]
