@@ -17,8 +17,13 @@ pub const MAX_VIPS: u32 = 64;
 pub const MAX_GATEWAYS: u32 = 1024;
 /// Bits of the VIP address prefilter (`VIP_FILTER`, 64 bits per array entry).
 pub const VIP_FILTER_BITS: u32 = 4096;
-/// Most VIP address entries plus service entries in the `VIPS` hash map.
-pub const MAX_VIP_ENTRIES: u32 = 2 * MAX_VIPS;
+/// Slots of the `VIPS` table (a power of two): services and address entries, placed by
+/// userspace at one of [`VIP_PROBES`] positions from [`vip_slot_hash`].
+pub const VIP_TABLE_SLOTS: u32 = 1024;
+/// Positions a VIP entry may occupy (`hash + 0..VIP_PROBES`, wrapping); lookups check all.
+pub const VIP_PROBES: u32 = 4;
+/// State of a [`VipSlot`] whose entry is live.
+pub const VIP_SLOT_USED: u32 = 1;
 /// Size the program is compiled with for the connection table; the loader sets the real
 /// size at load time.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
@@ -29,7 +34,9 @@ pub const OUTER_TTL: u8 = 64;
 
 /// Map names (the XDP program declares them; userspace opens them by these names).
 pub mod map_names {
-    /// `HashMap<VipKey, VipValue>`: services and VIP addresses.
+    /// `Array<VipSlot>[VIP_TABLE_SLOTS]`: services and VIP addresses, an open-addressed
+    /// table in an array (the verifier inlines array lookups; a hash-map lookup cost
+    /// ~40 ns here).
     pub const VIPS: &str = "VIPS";
     /// `Array<u64>[VIP_FILTER_BITS / 64]`: a bit per hashed destination address; clear
     /// means "no VIP entry has this address", so the packet passes without a hash lookup.
@@ -184,6 +191,35 @@ pub struct FlowValue {
     pub gateway: u32,
 }
 
+/// A slot of the `VIPS` table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct VipSlot {
+    pub key: VipKey,
+    pub value: VipValue,
+    /// [`VIP_SLOT_USED`] when live, 0 when free.
+    pub state: u32,
+}
+
+/// The first probe position of `key` in the `VIPS` table.
+#[inline(always)]
+pub fn vip_slot_hash(key: &VipKey) -> u32 {
+    let tail = ((key.port[0] as u64) << 24)
+        | ((key.port[1] as u64) << 16)
+        | ((key.proto as u64) << 8)
+        | key.family as u64;
+    let h = mix(mix(half(&key.addr, false), half(&key.addr, true)), tail);
+    (h >> 40) as u32 & (VIP_TABLE_SLOTS - 1)
+}
+
+/// Whether two VIP keys are equal, compared as words (no `memcmp` in BPF).
+#[inline(always)]
+pub fn vip_key_eq(a: &VipKey, b: &VipKey) -> bool {
+    addr_eq(&a.addr, &b.addr)
+        && u32::from_ne_bytes([a.port[0], a.port[1], a.proto, a.family])
+            == u32::from_ne_bytes([b.port[0], b.port[1], b.proto, b.family])
+}
+
 /// Per-VIP counters (one per CPU in `VIP_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,6 +236,7 @@ mod pod {
     // padding (explicit `_pad` fields), every bit pattern is valid.
     unsafe impl aya::Pod for super::VipKey {}
     unsafe impl aya::Pod for super::VipValue {}
+    unsafe impl aya::Pod for super::VipSlot {}
     unsafe impl aya::Pod for super::GatewayValue {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
@@ -400,6 +437,7 @@ mod tests {
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<VipKey>(), 20);
         assert_eq!(core::mem::size_of::<VipValue>(), 8);
+        assert_eq!(core::mem::size_of::<VipSlot>(), 32);
         assert_eq!(core::mem::size_of::<GatewayValue>(), 32);
         assert_eq!(core::mem::size_of::<NodeConfig>(), 32);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);

@@ -2,19 +2,19 @@
 //! userspace (lb-userspace's `dataplane` module) opens them by the same names.
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray},
 };
 use lb_common::{
     ExitReason, StatCounter,
     datapath::{
-        DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIP_ENTRIES,
-        MAX_VIPS, NodeConfig, RING_SIZE, VIP_FILTER_BITS, VipKey, VipStats, VipValue,
+        DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS,
+        NodeConfig, RING_SIZE, VIP_FILTER_BITS, VIP_TABLE_SLOTS, VipSlot, VipStats,
     },
 };
 
-/// Services (address, port, protocol) and address-only entries.
+/// Services (address, port, protocol) and address-only entries, open-addressed.
 #[map(name = "VIPS")]
-pub static VIPS: HashMap<VipKey, VipValue> = HashMap::with_max_entries(MAX_VIP_ENTRIES, 0);
+pub static VIPS: Array<VipSlot> = Array::with_max_entries(VIP_TABLE_SLOTS, 0);
 
 /// The VIP address prefilter: one bit per hashed destination address.
 #[map(name = "VIP_FILTER")]

@@ -12,8 +12,9 @@ use lb_common::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
         GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, NO_GATEWAY,
         NODE_F_V4, NODE_F_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
-        PROTO_UDP, VIP_F_NO_CONNTRACK, VipKey, VipValue, addr_eq, addr4_eq, flow_hash,
-        is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of, vip_filter_bit,
+        PROTO_UDP, VIP_F_NO_CONNTRACK, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey,
+        VipValue, addr_eq, addr4_eq, flow_hash, is_ipv6_extension, outer_ipv4, outer_ipv6,
+        ring_index, v4_field, v4_of, vip_filter_bit, vip_key_eq, vip_slot_hash,
     },
 };
 
@@ -128,9 +129,43 @@ fn filter_hit(dst: &[u8; 16]) -> bool {
     }
 }
 
+/// Looks `key` up in the open-addressed `VIPS` table: the [`VIP_PROBES`] slots from its
+/// hash, all checked (removal only clears a slot's state, so there is no early stop).
+#[inline(always)]
+fn vip_lookup(key: &VipKey) -> Option<VipValue> {
+    let v = vip_lookup_raw(key);
+    if v == u64::MAX {
+        None
+    } else {
+        Some(VipValue {
+            id: v as u32,
+            flags: (v >> 32) as u32,
+        })
+    }
+}
+
+/// The lookup as a BPF subprogram returning one register: `flags << 32 | id`, or
+/// `u64::MAX` when not found. (Inlined, LLVM moved an undefined register on the
+/// not-found path, which the verifier rejects.)
+#[inline(never)]
+fn vip_lookup_raw(key: &VipKey) -> u64 {
+    let h = vip_slot_hash(key);
+    let mut i = 0;
+    while i < VIP_PROBES {
+        if let Some(slot) = VIPS.get((h + i) & (VIP_TABLE_SLOTS - 1))
+            && slot.state == VIP_SLOT_USED
+            && vip_key_eq(&slot.key, key)
+        {
+            return (u64::from(slot.value.flags) << 32) | u64::from(slot.value.id);
+        }
+        i += 1;
+    }
+    u64::MAX
+}
+
 #[inline(always)]
 fn is_vip_addr(family: u8, addr: [u8; 16]) -> bool {
-    VIPS.get_ptr(VipKey::address(family, addr)).is_some()
+    vip_lookup(&VipKey::address(family, addr)).is_some()
 }
 
 #[inline(always)]
@@ -349,8 +384,7 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
         proto: qproto,
         family: ip.family,
     };
-    // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { VIPS.get(vkey) }).copied() else {
+    let Some(vip) = vip_lookup(&vkey) else {
         return Some(Step::Done(ExitReason::PassNotVip));
     };
     let key = FlowKey {
@@ -400,8 +434,7 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8, len: u64) -> Option<Step> {
         proto,
         family: ip.family,
     };
-    // SAFETY: copied out at once.
-    let Some(vip) = (unsafe { VIPS.get(vkey) }).copied() else {
+    let Some(vip) = vip_lookup(&vkey) else {
         return Some(Step::Done(ExitReason::PassNotVip));
     };
     let stats = VIP_STATS.get_ptr_mut(vip.id);

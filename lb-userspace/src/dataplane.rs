@@ -27,8 +27,9 @@ use aya::{
 use lb_common::{
     ExitReason, StatCounter,
     datapath::{
-        FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_SIZE, VipKey,
-        VipStats, VipValue, map_names, vip_filter_bit,
+        FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_SIZE,
+        VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey, VipSlot, VipStats, VipValue, map_names,
+        vip_filter_bit, vip_slot_hash,
     },
 };
 
@@ -95,6 +96,10 @@ pub enum DataplaneError {
         index: u32,
         max: u32,
     },
+    #[error(
+        "no free slot for VIP entry {key:?}: its {VIP_PROBES} positions in the VIP table are taken"
+    )]
+    VipTableFull { key: VipKey },
     #[error("a ring must have exactly {expected} slots, got {got}")]
     RingSize { expected: u32, got: usize },
     #[error("test run of {name} failed: {source}")]
@@ -197,8 +202,10 @@ pub struct Dataplane {
     /// Links of unpinned attachments: dropping one detaches the program.
     links: Vec<FdLink>,
     rings: HashMap<u32, RingShadow>,
-    /// The `VIPS` entries this writer made, and how many of them share each prefilter bit.
-    vip_entries: HashMap<VipKey, VipValue>,
+    /// The `VIPS` entries this writer made (slot and value), the occupied slots, and how
+    /// many entries share each prefilter bit.
+    vip_entries: HashMap<VipKey, (u32, VipValue)>,
+    vip_slots: HashMap<u32, VipKey>,
     filter_counts: HashMap<u32, u32>,
 }
 
@@ -223,6 +230,7 @@ impl Dataplane {
             links: Vec::new(),
             rings: HashMap::new(),
             vip_entries: HashMap::new(),
+            vip_slots: HashMap::new(),
             filter_counts: HashMap::new(),
         })
     }
@@ -257,11 +265,22 @@ impl Dataplane {
 
     /// Adds or replaces a VIP entry (a service, or an address entry with
     /// [`lb_common::datapath::VIP_F_ADDRESS`]). Write the VIP's ring first.
+    ///
+    /// The `VIPS` table is open-addressed in an array: the entry goes to a free slot among
+    /// the [`VIP_PROBES`] positions from its hash. A slot is written twice, first with the
+    /// entry marked free and then marked used, so a packet reading it concurrently sees
+    /// either no entry or the whole new one. A changed value goes to another free slot of
+    /// its probe range before the old slot is freed, so the VIP never disappears.
     pub fn set_vip(&mut self, key: &VipKey, value: &VipValue) -> Result<()> {
-        if value.flags & lb_common::datapath::VIP_F_ADDRESS == 0 {
-            check_range("VIP id", value.id, MAX_VIPS)?;
+        // Address entries carry an id too (0 by convention); all are below MAX_VIPS.
+        check_range("VIP id", value.id, MAX_VIPS)?;
+        let old = self.vip_entries.get(key).copied();
+        if let Some((_, v)) = old
+            && v == *value
+        {
+            return Ok(());
         }
-        if !self.vip_entries.contains_key(key) {
+        if old.is_none() {
             // The prefilter bit goes up before the entry exists, so no packet for the new
             // entry is passed by the filter.
             let bit = vip_filter_bit(&key.addr);
@@ -271,12 +290,51 @@ impl Dataplane {
                 self.set_filter_bit(bit, true)?;
             }
         }
+        let h = vip_slot_hash(key);
+        let free = (0..VIP_PROBES)
+            .map(|i| (h + i) & (VIP_TABLE_SLOTS - 1))
+            .find(|s| !self.vip_slots.contains_key(s));
+        match (free, old) {
+            (Some(slot), _) => {
+                self.write_vip_slot(slot, key, value, 0)?;
+                self.write_vip_slot(slot, key, value, VIP_SLOT_USED)?;
+                self.vip_slots.insert(slot, *key);
+                if let Some((old_slot, old_value)) = old {
+                    self.write_vip_slot(old_slot, key, &old_value, 0)?;
+                    self.vip_slots.remove(&old_slot);
+                }
+                self.vip_entries.insert(*key, (slot, *value));
+                Ok(())
+            }
+            (None, Some((slot, old_value))) => {
+                // No spare slot: free the entry, let every packet that may have read it
+                // finish, then write the new value.
+                self.write_vip_slot(slot, key, &old_value, 0)?;
+                std::thread::sleep(RING_GRACE);
+                self.write_vip_slot(slot, key, value, 0)?;
+                self.write_vip_slot(slot, key, value, VIP_SLOT_USED)?;
+                self.vip_entries.insert(*key, (slot, *value));
+                Ok(())
+            }
+            (None, None) => Err(DataplaneError::VipTableFull { key: *key }),
+        }
+    }
+
+    fn write_vip_slot(
+        &mut self,
+        slot: u32,
+        key: &VipKey,
+        value: &VipValue,
+        state: u32,
+    ) -> Result<()> {
         let name = map_names::VIPS;
-        let mut m = BpfHashMap::<_, VipKey, VipValue>::try_from(self.map_mut(name)?)
-            .map_err(map_err(name))?;
-        m.insert(key, value, 0).map_err(map_err(name))?;
-        self.vip_entries.insert(*key, *value);
-        Ok(())
+        let mut a = Array::<_, VipSlot>::try_from(self.map_mut(name)?).map_err(map_err(name))?;
+        let v = VipSlot {
+            key: *key,
+            value: *value,
+            state,
+        };
+        a.set(slot, v, 0).map_err(map_err(name))
     }
 
     fn set_filter_bit(&mut self, bit: u32, on: bool) -> Result<()> {
@@ -290,34 +348,34 @@ impl Dataplane {
 
     /// Removes a VIP entry; removing one that is not there is not an error.
     pub fn remove_vip(&mut self, key: &VipKey) -> Result<()> {
-        let name = map_names::VIPS;
-        let mut m = BpfHashMap::<_, VipKey, VipValue>::try_from(self.map_mut(name)?)
-            .map_err(map_err(name))?;
-        match m.remove(key) {
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err(name)(e)),
-        }
-        if self.vip_entries.remove(key).is_some() {
-            let bit = vip_filter_bit(&key.addr);
-            if let Some(count) = self.filter_counts.get_mut(&bit) {
-                *count -= 1;
-                if *count == 0 {
-                    self.filter_counts.remove(&bit);
-                    self.set_filter_bit(bit, false)?;
-                }
+        let Some((slot, value)) = self.vip_entries.remove(key) else {
+            return Ok(());
+        };
+        self.write_vip_slot(slot, key, &value, 0)?;
+        self.vip_slots.remove(&slot);
+        let bit = vip_filter_bit(&key.addr);
+        if let Some(count) = self.filter_counts.get_mut(&bit) {
+            *count -= 1;
+            if *count == 0 {
+                self.filter_counts.remove(&bit);
+                self.set_filter_bit(bit, false)?;
             }
         }
         Ok(())
     }
 
-    /// The VIP entries in the map.
+    /// The live VIP entries, read back from the kernel's table.
     pub fn vips(&self) -> Result<Vec<(VipKey, VipValue)>> {
         let name = map_names::VIPS;
-        let m =
-            BpfHashMap::<_, VipKey, VipValue>::try_from(self.map(name)?).map_err(map_err(name))?;
-        m.iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(map_err(name))
+        let a = Array::<_, VipSlot>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut out = Vec::new();
+        for slot in a.iter() {
+            let slot = slot.map_err(map_err(name))?;
+            if slot.state == VIP_SLOT_USED {
+                out.push((slot.key, slot.value));
+            }
+        }
+        Ok(out)
     }
 
     /// Installs `ring` (exactly [`RING_SIZE`] gateway ids) as VIP `vip_id`'s ring without a

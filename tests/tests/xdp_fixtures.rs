@@ -762,3 +762,70 @@ fn removed_services_pass_and_return() {
     assert_eq!(gateway_of(&mut h, &syn), Some(GW1));
     h.check_counters().unwrap();
 }
+
+#[test]
+fn vip_table_probes_collisions_and_refuses_a_fifth() {
+    if !require_root("vip_table_probes_collisions_and_refuses_a_fifth") {
+        return;
+    }
+    use lb_common::datapath::{VIP_F_ADDRESS, VIP_PROBES, VipKey, VipValue, vip_slot_hash};
+    let mut h = harness();
+    // Addresses in 10.9.0.0/16 whose address entries all hash to one slot.
+    let target = vip_slot_hash(&VipKey::address(4, v4_field([10, 9, 0, 0])));
+    let colliding: Vec<Ipv4Addr> = (1..=u16::MAX)
+        .map(|i| Ipv4Addr::new(10, 9, (i >> 8) as u8, i as u8))
+        .filter(|a| vip_slot_hash(&VipKey::address(4, v4_field(a.octets()))) == target)
+        .take(VIP_PROBES as usize + 1)
+        .collect();
+    assert_eq!(colliding.len(), VIP_PROBES as usize + 1);
+    let entry = VipValue {
+        id: 0,
+        flags: VIP_F_ADDRESS,
+    };
+    let key = |a: &Ipv4Addr| VipKey::address(4, v4_field(a.octets()));
+    for a in &colliding[..VIP_PROBES as usize] {
+        h.set_vip(key(a), entry).unwrap();
+    }
+    let err = h
+        .set_vip(key(&colliding[VIP_PROBES as usize]), entry)
+        .unwrap_err();
+    assert!(err.to_string().contains("no free slot"), "{err}");
+    // Every placed entry is found wherever it landed: a truncated packet to it is dropped.
+    let truncated = |a: &Ipv4Addr| {
+        let ip = V4::new(CLIENT4, *a, 6).packet(&tcp(1, 80, TCP_SYN, b""));
+        eth4(&ip[..ip.len() - 1])
+    };
+    for a in &colliding[..VIP_PROBES as usize] {
+        let (got, model) = h.run(&truncated(a)).unwrap();
+        assert_eq!(got.action, ExitReason::DropMalformed.action(), "{a}");
+        assert_eq!(model.reason, ExitReason::DropMalformed);
+    }
+    // Freeing one makes room; the fifth is then found, the freed one no longer.
+    h.remove_vip(key(&colliding[1])).unwrap();
+    h.set_vip(key(&colliding[VIP_PROBES as usize]), entry)
+        .unwrap();
+    let (got, _) = h.run(&truncated(&colliding[VIP_PROBES as usize])).unwrap();
+    assert_eq!(got.action, ExitReason::DropMalformed.action());
+    let (got, _) = h.run(&truncated(&colliding[1])).unwrap();
+    assert_eq!(got.action, ExitReason::PassNotVip.action());
+    // Changing a value moves the entry without a gap and both sides agree.
+    let svc = lb_tests::xdp::standard_services().unwrap().remove(5);
+    h.set_vip(
+        svc.key,
+        VipValue {
+            id: svc.id,
+            flags: lb_common::datapath::VIP_F_HASH_SRC_ADDR,
+        },
+    )
+    .unwrap();
+    let live: Vec<_> = h.dp.vips().unwrap();
+    assert_eq!(
+        live.iter().filter(|(k, _)| *k == svc.key).count(),
+        1,
+        "one live entry per key after a value change"
+    );
+    for port in 1000..1020 {
+        gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_SYN));
+    }
+    h.check_counters().unwrap();
+}
