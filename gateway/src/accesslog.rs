@@ -10,12 +10,16 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Fields filled in while the request is processed.
+use crate::config::RouteConfig;
+use crate::upstream::{Member, Upstream};
+
+/// Fields filled in while the request is processed (shared references, so filling them in
+/// allocates nothing).
 #[derive(Debug, Clone, Default)]
 pub struct LogFields {
-    pub route: Option<String>,
-    pub upstream: Option<String>,
-    pub member: Option<String>,
+    pub route: Option<Arc<RouteConfig>>,
+    pub upstream: Option<Arc<Upstream>>,
+    pub member: Option<Arc<Member>>,
     pub attempts: u32,
     pub error: Option<String>,
     pub error_origin: Option<&'static str>,
@@ -31,19 +35,19 @@ impl RequestLog {
     }
 
     /// Records the matched route.
-    pub fn set_route(&self, route: &str) {
-        self.with(|l| l.route = Some(route.to_string()));
+    pub fn set_route(&self, route: &Arc<RouteConfig>) {
+        self.with(|l| l.route = Some(Arc::clone(route)));
     }
 
     /// Records the upstream pool.
-    pub fn set_upstream(&self, upstream: &str) {
-        self.with(|l| l.upstream = Some(upstream.to_string()));
+    pub fn set_upstream(&self, upstream: &Arc<Upstream>) {
+        self.with(|l| l.upstream = Some(Arc::clone(upstream)));
     }
 
     /// Records the member of the current attempt.
-    pub fn set_member(&self, member: &str, attempt: u32) {
+    pub fn set_member(&self, member: &Arc<Member>, attempt: u32) {
         self.with(|l| {
-            l.member = Some(member.to_string());
+            l.member = Some(Arc::clone(member));
             l.attempts = attempt;
         });
     }

@@ -16,6 +16,9 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The body type of every response the gateway sends.
 pub type ResponseBody = BoxBody<Bytes, BoxError>;
 
+/// The body type of every request the gateway sends to an upstream.
+pub type RequestBody = BoxBody<Bytes, BoxError>;
+
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
     Full::new(bytes.into())
@@ -25,7 +28,9 @@ pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
 
 /// An empty body.
 pub fn empty() -> ResponseBody {
-    full(Bytes::new())
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 /// How a body ended, passed to completion hooks.
@@ -42,19 +47,19 @@ pub struct BodyOutcome {
 type Hook = Box<dyn FnOnce(BodyOutcome) + Send + Sync>;
 
 pin_project_lite::pin_project! {
-    /// Counts bytes and runs hooks once, on end of stream, error, or drop.
+    /// Counts bytes and runs its hook once, on end of stream, error, or drop.
     pub struct TrackedBody {
         #[pin]
         inner: ResponseBody,
         outcome: BodyOutcome,
-        hooks: Vec<Hook>,
+        hook: Option<Hook>,
     }
 
     impl PinnedDrop for TrackedBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             let outcome = *this.outcome;
-            for hook in this.hooks.drain(..) {
+            if let Some(hook) = this.hook.take() {
                 hook(outcome);
             }
         }
@@ -70,7 +75,7 @@ impl TrackedBody {
         Self {
             inner,
             outcome: BodyOutcome::default(),
-            hooks: vec![Box::new(hook)],
+            hook: Some(Box::new(hook)),
         }
     }
 
@@ -102,7 +107,7 @@ impl Body for TrackedBody {
         }
         if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
             let outcome = *this.outcome;
-            for hook in this.hooks.drain(..) {
+            if let Some(hook) = this.hook.take() {
                 hook(outcome);
             }
         }

@@ -1,8 +1,11 @@
 //! Facts about the client connection that every request on it carries (request extension).
 
+use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+
+use http::HeaderValue;
 
 /// Connection facts, inserted into each request's extensions by the listener.
 #[derive(Debug, Clone)]
@@ -16,11 +19,65 @@ pub struct ConnInfo {
     /// Set by the framing guard when the client sent an ambiguous HTTP/1 message (both
     /// `Content-Length` and `Transfer-Encoding`); every request on it is refused.
     pub ambiguous_framing: Arc<AtomicBool>,
+    /// Set when the connection became a tunnel (WebSocket upgrade): its bytes are no longer
+    /// HTTP, so the framing guard stops following them.
+    pub tunnel: Arc<AtomicBool>,
+    /// The client IP as an `X-Forwarded-For` element, and `for=...;proto=...` of
+    /// `Forwarded` (made once per connection).
+    pub forwarded_for: HeaderValue,
+    pub forwarded: Arc<str>,
+    /// Keeps the connection counted (its `max_connections` slot and the active-connection
+    /// gauge) for as long as a clone lives, so a tunnel that outlives the HTTP connection
+    /// still counts.
+    pub hold: ConnHold,
 }
 
 impl ConnInfo {
+    /// Facts of a new connection.
+    pub fn new(listener: Arc<str>, peer: SocketAddr, tls: bool, hold: ConnHold) -> Self {
+        let ip = peer.ip();
+        let proto = if tls { "https" } else { "http" };
+        let forwarded = if ip.is_ipv6() {
+            format!("for=\"[{ip}]\";proto={proto}")
+        } else {
+            format!("for={ip};proto={proto}")
+        };
+        Self {
+            listener,
+            peer,
+            tls,
+            ambiguous_framing: Arc::new(AtomicBool::new(false)),
+            tunnel: Arc::new(AtomicBool::new(false)),
+            forwarded_for: HeaderValue::from_str(&ip.to_string())
+                .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+            forwarded: Arc::from(forwarded),
+            hold,
+        }
+    }
+
     /// Whether ambiguous framing was seen on this connection.
     pub fn framing_is_ambiguous(&self) -> bool {
         self.ambiguous_framing.load(Ordering::Acquire)
+    }
+}
+
+/// Something kept alive while the connection (or its tunnel) lives.
+#[derive(Clone, Default)]
+pub struct ConnHold(Option<Arc<dyn Any + Send + Sync>>);
+
+impl ConnHold {
+    /// Holds `value` until the last clone is dropped.
+    pub fn new(value: impl Any + Send + Sync) -> Self {
+        Self(Some(Arc::new(value)))
+    }
+}
+
+impl std::fmt::Debug for ConnHold {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() {
+            "ConnHold(held)"
+        } else {
+            "ConnHold(empty)"
+        })
     }
 }

@@ -46,10 +46,19 @@ pub fn mix(mut z: u64) -> u64 {
 
 /// `n` random bytes as lower-case hex.
 pub fn hex(bytes: usize) -> String {
-    let mut s = String::with_capacity(bytes * 2);
-    while s.len() < bytes * 2 {
-        s.push_str(&format!("{:016x}", next_u64()));
+    let mut buf = vec![0u8; bytes * 2];
+    hex_into(&mut buf);
+    buf.into_iter().map(char::from).collect()
+}
+
+/// Fills `out` with random lower-case hex digits.
+pub fn hex_into(out: &mut [u8]) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    for chunk in out.chunks_mut(16) {
+        let mut v = next_u64();
+        for d in chunk {
+            *d = DIGITS[(v >> 60) as usize];
+            v <<= 4;
+        }
     }
-    s.truncate(bytes * 2);
-    s
 }

@@ -47,17 +47,52 @@ impl FramingGuard {
         while !data.is_empty() && self.state != State::Stopped {
             match self.state {
                 State::Headers => {
-                    let b = data[0];
-                    data = &data[1..];
-                    if self.buf.is_empty() && (b == b'\r' || b == b'\n') {
-                        continue; // empty lines before a request line are ignored
+                    if self.buf.is_empty() {
+                        // Empty lines before a request line are ignored.
+                        let skip = data
+                            .iter()
+                            .take_while(|b| **b == b'\r' || **b == b'\n')
+                            .count();
+                        data = &data[skip..];
+                        if data.is_empty() {
+                            break;
+                        }
                     }
-                    self.buf.push(b);
-                    if self.buf.ends_with(b"\r\n\r\n") || self.buf.ends_with(b"\n\n") {
-                        self.state = self.end_of_headers();
-                        self.buf.clear();
-                    } else if self.buf.len() > MAX_HEADER_BLOCK {
-                        self.state = State::Stopped;
+                    // Only a line feed can end the block: look at those, with the bytes
+                    // before them from the buffer or from `data`.
+                    let end = data
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| **b == b'\n')
+                        .find_map(|(i, _)| {
+                            let before = |back: usize| -> Option<u8> {
+                                if back <= i {
+                                    Some(data[i - back])
+                                } else {
+                                    let k = back - i;
+                                    self.buf.len().checked_sub(k).map(|j| self.buf[j])
+                                }
+                            };
+                            let lf_lf = before(1) == Some(b'\n');
+                            let crlf_crlf = before(1) == Some(b'\r')
+                                && before(2) == Some(b'\n')
+                                && before(3) == Some(b'\r');
+                            (lf_lf || crlf_crlf).then_some(i)
+                        });
+                    match end {
+                        Some(i) => {
+                            self.buf.extend_from_slice(&data[..=i]);
+                            data = &data[i + 1..];
+                            self.state = self.end_of_headers();
+                            self.buf.clear();
+                        }
+                        None => {
+                            self.buf.extend_from_slice(data);
+                            data = &[];
+                            if self.buf.len() > MAX_HEADER_BLOCK {
+                                self.state = State::Stopped;
+                            }
+                        }
                     }
                 }
                 State::Fixed(n) => {
@@ -106,22 +141,25 @@ impl FramingGuard {
     }
 
     fn end_of_headers(&mut self) -> State {
-        let text = String::from_utf8_lossy(&self.buf);
         let mut content_length: Option<u64> = None;
         let mut has_cl = false;
         let mut te_chunked: Option<bool> = None;
-        for line in text.lines().skip(1) {
-            let Some((name, value)) = line.split_once(':') else {
+        for line in self.buf.split(|b| *b == b'\n').skip(1) {
+            let Some(colon) = line.iter().position(|b| *b == b':') else {
                 continue;
             };
-            let name = name.trim().to_ascii_lowercase();
-            let value = value.trim();
-            if name == "content-length" {
+            let name = line[..colon].trim_ascii();
+            let value = line[colon + 1..].trim_ascii();
+            if name.eq_ignore_ascii_case(b"content-length") {
                 has_cl = true;
-                content_length = value.parse().ok();
-            } else if name == "transfer-encoding" {
-                let last = value.rsplit(',').next().unwrap_or("").trim();
-                te_chunked = Some(last.eq_ignore_ascii_case("chunked"));
+                content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                let last = value
+                    .rsplit(|b| *b == b',')
+                    .next()
+                    .unwrap_or(b"")
+                    .trim_ascii();
+                te_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
             }
         }
         if has_cl && te_chunked.is_some() {

@@ -8,12 +8,10 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::{Request, header};
-use http_body_util::Full;
 use tokio::task::JoinHandle;
 
-use crate::config::{HealthCheckConfig, HealthCheckKind};
+use crate::config::{HealthCheckConfig, HealthCheckKind, UpstreamProtocol};
 use crate::metrics::Metrics;
 use crate::upstream::{Member, Upstream, UpstreamClient};
 
@@ -86,13 +84,15 @@ pub fn spawn(upstream: &Arc<Upstream>, metrics: &Metrics, tasks: &mut TaskSet) {
         let hc = hc.clone();
         let metrics = metrics.clone();
         let name = upstream.config.name.clone();
+        let scheme = crate::upstream::client::scheme(&upstream.config);
+        let protocol = upstream.config.protocol;
         tasks.push(tokio::spawn(async move {
             let mut tracker = HealthTracker::new(member.healthy());
             let mut interval = tokio::time::interval(hc.interval);
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
-                let ok = probe(&member, &client, &hc).await;
+                let ok = probe(&member, &client, &hc, scheme, protocol).await;
                 if let Some(state) = tracker.observe(ok, hc.rise, hc.fall) {
                     member.set_healthy(state);
                     tracing::info!(upstream = %name, member = %member.address, healthy = state, "member health changed");
@@ -106,18 +106,25 @@ pub fn spawn(upstream: &Arc<Upstream>, metrics: &Metrics, tasks: &mut TaskSet) {
     }
 }
 
-async fn probe(member: &Member, client: &UpstreamClient, hc: &HealthCheckConfig) -> bool {
+async fn probe(
+    member: &Member,
+    client: &UpstreamClient,
+    hc: &HealthCheckConfig,
+    scheme: &str,
+    protocol: UpstreamProtocol,
+) -> bool {
     let attempt = async {
         match &hc.kind {
             HealthCheckKind::Tcp => tokio::net::TcpStream::connect(member.address.as_str())
                 .await
                 .is_ok(),
             HealthCheckKind::Http { path } => {
-                let uri = format!("http://{}{}", member.address, path);
-                let Ok(req) = Request::get(uri)
-                    .header(header::USER_AGENT, "lb-gateway-health")
-                    .body(Full::new(Bytes::new()))
-                else {
+                let uri = format!("{scheme}://{}{}", member.address, path);
+                let mut req = Request::get(uri).header(header::USER_AGENT, "lb-gateway-health");
+                if protocol.is_h2() {
+                    req = req.version(http::Version::HTTP_2);
+                }
+                let Ok(req) = req.body(crate::body::empty()) else {
                     return false;
                 };
                 match client.request(req).await {

@@ -17,6 +17,7 @@ use tracing::Instrument;
 
 use crate::accesslog::{self, AccessLine, RequestLog};
 use crate::body::{self, ResponseBody, TrackedBody};
+use crate::config::RouteConfig;
 use crate::conn::ConnInfo;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
@@ -69,16 +70,93 @@ where
 /// Metrics, tracing span and access log.
 #[derive(Clone)]
 pub struct ObserveLayer {
+    state: Arc<ObserveState>,
+}
+
+struct ObserveState {
     metrics: Metrics,
     access_log: Arc<std::sync::atomic::AtomicBool>,
+    /// The request metrics of recently seen (route, method, status class) combinations.
+    /// There is one state per connection (see `Shared::service_stack`), so the lock is not
+    /// contended and the listener label is fixed.
+    cache: std::sync::Mutex<Vec<CachedMetrics>>,
+}
+
+/// Resolved request metrics of one (route, method, status class); the route is kept alive so
+/// that comparing pointers is sound.
+struct CachedMetrics {
+    route: Option<Arc<RouteConfig>>,
+    method: http::Method,
+    class: &'static str,
+    requests: prometheus::IntCounter,
+    duration: prometheus::Histogram,
+}
+
+/// Entries of [`ObserveState::cache`]; when full it starts over (routes change on reload).
+const METRICS_CACHE: usize = 16;
+
+impl ObserveState {
+    /// Counts one answered request.
+    fn record(
+        &self,
+        listener: &str,
+        route: Option<&Arc<RouteConfig>>,
+        method: &http::Method,
+        class: &'static str,
+        elapsed: std::time::Duration,
+    ) {
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hit = cache.iter().find(|c| {
+            c.class == class
+                && c.method == *method
+                && match (&c.route, route) {
+                    (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                    (None, None) => true,
+                    _ => false,
+                }
+        });
+        if let Some(c) = hit {
+            c.requests.inc();
+            c.duration.observe(elapsed.as_secs_f64());
+            return;
+        }
+        let name = route.map_or("-", |r| r.name.as_str());
+        let entry = CachedMetrics {
+            route: route.cloned(),
+            method: method.clone(),
+            class,
+            requests: self.metrics.requests_total.with_label_values(&[
+                listener,
+                name,
+                method.as_str(),
+                class,
+            ]),
+            duration: self
+                .metrics
+                .request_duration_seconds
+                .with_label_values(&[listener, name]),
+        };
+        entry.requests.inc();
+        entry.duration.observe(elapsed.as_secs_f64());
+        if cache.len() >= METRICS_CACHE {
+            cache.clear();
+        }
+        cache.push(entry);
+    }
 }
 
 impl ObserveLayer {
     /// `access_log` is read per request so that a reload can switch it.
     pub fn new(metrics: Metrics, access_log: Arc<std::sync::atomic::AtomicBool>) -> Self {
         Self {
-            metrics,
-            access_log,
+            state: Arc::new(ObserveState {
+                metrics,
+                access_log,
+                cache: std::sync::Mutex::new(Vec::new()),
+            }),
         }
     }
 }
@@ -88,8 +166,7 @@ impl<S> Layer<S> for ObserveLayer {
     fn layer(&self, inner: S) -> Observe<S> {
         Observe {
             inner,
-            metrics: self.metrics.clone(),
-            access_log: Arc::clone(&self.access_log),
+            state: Arc::clone(&self.state),
         }
     }
 }
@@ -98,8 +175,27 @@ impl<S> Layer<S> for ObserveLayer {
 #[derive(Clone)]
 pub struct Observe<S> {
     inner: S,
-    metrics: Metrics,
-    access_log: Arc<std::sync::atomic::AtomicBool>,
+    state: Arc<ObserveState>,
+}
+
+/// What the access log needs besides the response (collected only when it is on).
+struct AccessFields {
+    request_id: String,
+    trace_id: Option<String>,
+    host: Option<String>,
+    path: String,
+    protocol: &'static str,
+}
+
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_11 => "HTTP/1.1",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "-",
+    }
 }
 
 fn status_class(status: u16) -> &'static str {
@@ -131,26 +227,33 @@ where
         let log = RequestLog::default();
         req.extensions_mut().insert(log.clone());
         let conn = req.extensions().get::<ConnInfo>().cloned();
-        let request_id = header_string(req.headers().get(REQUEST_ID)).unwrap_or_default();
-        let trace_id = req
-            .headers()
-            .get(TRACEPARENT)
-            .and_then(|v| v.to_str().ok())
-            .and_then(TraceParent::parse)
-            .map(|t| t.trace_id);
-        let method = req.method().to_string();
-        let host = req
-            .uri()
-            .authority()
-            .map(|a| a.to_string())
-            .or_else(|| header_string(req.headers().get(header::HOST)));
-        let path = req.uri().path().to_string();
-        let protocol = format!("{:?}", req.version());
-        let span = tracing::info_span!("request", request_id = %request_id, method = %method, path = %path);
-        let metrics = self.metrics.clone();
-        let access_log = self.access_log.load(std::sync::atomic::Ordering::Relaxed);
-        metrics.in_flight_requests.inc();
-        let in_flight = InFlightGauge(metrics.in_flight_requests.clone());
+        let access = self
+            .state
+            .access_log
+            .load(std::sync::atomic::Ordering::Relaxed)
+            .then(|| AccessFields {
+                request_id: header_string(req.headers().get(REQUEST_ID)).unwrap_or_default(),
+                trace_id: req
+                    .headers()
+                    .get(TRACEPARENT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(TraceParent::parse)
+                    .map(|t| t.trace_id),
+                host: req
+                    .uri()
+                    .authority()
+                    .map(|a| a.to_string())
+                    .or_else(|| header_string(req.headers().get(header::HOST))),
+                path: req.uri().path().to_string(),
+                protocol: protocol_name(req.version()),
+            });
+        let method = req.method().clone();
+        // Debug level: at the default level the span costs nothing; error events carry the
+        // request id themselves.
+        let span = tracing::debug_span!("request", request_id = ?req.headers().get(REQUEST_ID), method = %method, path = %req.uri().path());
+        let state = Arc::clone(&self.state);
+        state.metrics.in_flight_requests.inc();
+        let in_flight = InFlightGauge(state.metrics.in_flight_requests.clone());
         let fut = self.inner.call(req);
         Box::pin(
             async move {
@@ -161,38 +264,31 @@ where
                 let body = TrackedBody::new(inner, move |outcome| {
                     drop(in_flight);
                     let fields = log.fields();
-                    let route = fields.route.as_deref().unwrap_or("-");
                     let listener = conn.as_ref().map_or("-", |c| &*c.listener);
                     let elapsed = start.elapsed();
-                    metrics
-                        .requests_total
-                        .with_label_values(&[
-                            listener,
-                            route,
-                            method.as_str(),
-                            status_class(status),
-                        ])
-                        .inc();
-                    metrics
-                        .request_duration_seconds
-                        .with_label_values(&[listener, route])
-                        .observe(elapsed.as_secs_f64());
-                    if access_log {
+                    state.record(
+                        listener,
+                        fields.route.as_ref(),
+                        &method,
+                        status_class(status),
+                        elapsed,
+                    );
+                    if let Some(access) = access {
                         accesslog::emit(&AccessLine {
-                            request_id: &request_id,
-                            trace_id: trace_id.as_deref(),
+                            request_id: &access.request_id,
+                            trace_id: access.trace_id.as_deref(),
                             listener,
                             client_addr: conn
                                 .as_ref()
                                 .map_or_else(|| ([0, 0, 0, 0], 0).into(), |c| c.peer),
-                            method: &method,
-                            host: host.as_deref(),
-                            path: &path,
-                            protocol: &protocol,
+                            method: method.as_str(),
+                            host: access.host.as_deref(),
+                            path: &access.path,
+                            protocol: access.protocol,
                             status,
-                            route: fields.route.as_deref(),
-                            upstream: fields.upstream.as_deref(),
-                            member: fields.member.as_deref(),
+                            route: fields.route.as_ref().map(|r| r.name.as_str()),
+                            upstream: fields.upstream.as_ref().map(|u| u.config.name.as_str()),
+                            member: fields.member.as_ref().map(|m| m.address.as_str()),
                             attempts: fields.attempts,
                             bytes_sent: outcome.bytes,
                             complete: outcome.complete,
@@ -257,25 +353,33 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let log = req.extensions().get::<RequestLog>().cloned();
+        let request_id = req.headers().get(REQUEST_ID).cloned();
         let fut = self.inner.call(req);
         Box::pin(async move {
             match fut.await {
                 Ok(res) => Ok(res),
-                Err(e) => Ok(error_response(&e, log.as_ref())),
+                Err(e) => Ok(error_response(&e, log.as_ref(), request_id.as_ref())),
             }
         })
     }
 }
 
 /// The response for an error: its status and a short text body (no internals).
-pub fn error_response(e: &ProxyError, log: Option<&RequestLog>) -> Response<ResponseBody> {
+pub fn error_response(
+    e: &ProxyError,
+    log: Option<&RequestLog>,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
     let origin = e.origin().as_str();
     if let Some(log) = log {
         log.set_error(e.to_string(), origin);
     }
+    let request_id = request_id.and_then(|v| v.to_str().ok()).unwrap_or("-");
     match e.origin() {
-        crate::error::Origin::Client => tracing::debug!(error = %e, origin, "request failed"),
-        _ => tracing::warn!(error = %e, origin, "request failed"),
+        crate::error::Origin::Client => {
+            tracing::debug!(error = %e, origin, request_id, "request failed");
+        }
+        _ => tracing::warn!(error = %e, origin, request_id, "request failed"),
     }
     let status = e.status();
     let text = format!("{}\n", status.canonical_reason().unwrap_or("error"));

@@ -19,6 +19,7 @@ pub mod layers;
 pub mod listener;
 pub mod metrics;
 pub mod proxy;
+pub mod request_body;
 pub mod retry;
 pub mod router;
 pub mod server;

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
 use crate::body::{self, TrackedBody};
-use crate::conn::ConnInfo;
+use crate::conn::{ConnHold, ConnInfo};
 use crate::framing::FramingGuard;
 use crate::server::{ConnectionGuard, Shared};
 
@@ -90,7 +90,16 @@ impl Drop for RequestGuard {
 struct WatchedIo<S> {
     inner: S,
     state: Arc<ConnState>,
-    framing: Option<(FramingGuard, Arc<AtomicBool>)>,
+    framing: Option<Framing>,
+}
+
+/// HTTP/1 framing state of a connection.
+struct Framing {
+    guard: FramingGuard,
+    /// Raised when the guard saw an ambiguous message.
+    ambiguous: Arc<AtomicBool>,
+    /// Raised when the connection became a tunnel: no more HTTP to follow.
+    tunnel: Arc<AtomicBool>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
@@ -105,11 +114,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
         // Only HTTP/1 has "partial request" semantics; HTTP/2 control frames arrive at any time.
         let this = &mut *self;
         if !fresh.is_empty()
-            && let Some((guard, flag)) = &mut this.framing
+            && let Some(framing) = &mut this.framing
+            && !framing.tunnel.load(Ordering::Relaxed)
         {
             this.state.on_read(Instant::now());
-            if guard.feed(fresh) {
-                flag.store(true, Ordering::Release);
+            if framing.guard.feed(fresh) {
+                framing.ambiguous.store(true, Ordering::Release);
             }
         }
         res
@@ -227,7 +237,6 @@ async fn serve_connection(
     shutdown: watch::Receiver<bool>,
     guards: (Slot, ConnectionGuard),
 ) {
-    let _guards = guards;
     let snapshot = shared.snapshot.load_full();
     let Some(listener) = snapshot.listeners.get(&*name) else {
         return;
@@ -236,13 +245,13 @@ async fn serve_connection(
     let tls = listener.tls.clone();
     drop(snapshot);
     let state = Arc::new(ConnState::new(Instant::now()));
-    let flag = Arc::new(AtomicBool::new(false));
-    let conn = ConnInfo {
-        listener: Arc::clone(&name),
+    let conn = ConnInfo::new(
+        Arc::clone(&name),
         peer,
-        tls: tls.is_some(),
-        ambiguous_framing: Arc::clone(&flag),
-    };
+        tls.is_some(),
+        ConnHold::new(guards),
+    );
+    let flag = Arc::clone(&conn.ambiguous_framing);
     match tls {
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
@@ -307,7 +316,11 @@ async fn serve_http<S>(
     let io = WatchedIo {
         inner: io,
         state: Arc::clone(&state),
-        framing: (!h2).then(|| (FramingGuard::default(), flag)),
+        framing: (!h2).then(|| Framing {
+            guard: FramingGuard::default(),
+            ambiguous: flag,
+            tunnel: Arc::clone(&conn.tunnel),
+        }),
     };
     let stack = shared.service_stack();
     let svc_state = Arc::clone(&state);
@@ -341,6 +354,7 @@ async fn serve_http<S>(
         let mut shutting_down = draining;
         loop {
             tokio::select! {
+                biased;
                 r = c.as_mut() => {
                     if let Err(e) = r {
                         tracing::debug!(error = %e, "h2 connection ended with an error");
@@ -367,13 +381,17 @@ async fn serve_http<S>(
         .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
-    let mut c = builder.serve_connection(TokioIo::new(io), service);
+    let mut c = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
     if draining {
         Pin::new(&mut c).graceful_shutdown();
     }
     let mut shutting_down = draining;
     loop {
         tokio::select! {
+            // The connection first: it is what wakes the task almost every time.
+            biased;
             r = &mut c => {
                 if let Err(e) = r {
                     tracing::debug!(error = %e, "http/1 connection ended with an error");
@@ -393,7 +411,10 @@ async fn serve_http<S>(
                     }
                 }
                 Verdict::HeaderTimeout => {
-                    let mut io = c.into_parts().io.into_inner();
+                    let Some(parts) = c.into_parts() else {
+                        return;
+                    };
+                    let mut io = parts.io.into_inner();
                     let response = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
                     let written = tokio::time::timeout(Duration::from_secs(1), async {
                         io.inner.write_all(response).await?;

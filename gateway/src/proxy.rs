@@ -2,22 +2,26 @@
 //! forward it to an upstream member, with retries, timeouts and outlier detection.
 //!
 //! Stages of a proxied request, in order: check framing and header size -> route -> read the
-//! body (bounded by `max_body_bytes`; buffered so that a retry can resend it) -> build the
-//! upstream request (rewrite, hop-by-hop headers removed, forwarding headers, trace context,
-//! route header operations) -> attempts (pick a member, per-try timeout, classify, maybe retry
-//! within the budget) -> response headers (hop-by-hop removed, route operations).
+//! start of the body (up to `retry.buffer_bytes`, kept so that a retry can resend it; the rest
+//! streams, see [`crate::request_body`]) -> build the upstream request (rewrite, hop-by-hop
+//! headers removed, forwarding headers, trace context, route header operations) -> attempts
+//! (pick a member, per-try timeout, classify, maybe retry within the budget) -> response headers
+//! (hop-by-hop removed, route operations); the response body streams back. A WebSocket upgrade
+//! that the member accepts becomes a byte tunnel between the two connections.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::accesslog::RequestLog;
@@ -26,23 +30,24 @@ use crate::config::{HashSource, RouteAction, RouteConfig, UpstreamProtocol};
 use crate::conn::ConnInfo;
 use crate::entropy;
 use crate::error::ProxyError;
+use crate::request_body::RequestBodySource;
 use crate::router::{self, RequestFacts};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
-use crate::trace::{TRACEPARENT, TraceParent};
+use crate::trace::TRACEPARENT;
 use crate::upstream::client::ConnectionUses;
 use crate::upstream::{AttemptOutcome, Upstream};
 
 /// Headers that describe one connection and are never forwarded.
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
+static HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::PROXY_AUTHENTICATE,
 ];
 
 /// Routes and proxies requests using the current snapshot.
@@ -152,7 +157,7 @@ async fn handle(
     };
     let log = req.extensions().get::<RequestLog>().cloned();
     if let Some(log) = &log {
-        log.set_route(&matched.route.name);
+        log.set_route(&matched.route);
     }
     let route = matched.route;
     let mut response = match &route.action {
@@ -180,7 +185,7 @@ async fn handle(
                 ProxyError::Internal(format!("upstream `{upstream}` not in snapshot"))
             })?;
             if let Some(log) = &log {
-                log.set_upstream(upstream);
+                log.set_upstream(up);
             }
             let max_body = listener.config.max_body_bytes;
             forward(
@@ -200,71 +205,68 @@ async fn handle(
     Ok(response)
 }
 
-async fn read_body(
-    body: Incoming,
-    declared: Option<u64>,
-    limit: usize,
-) -> Result<Bytes, ProxyError> {
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(ProxyError::BodyTooLarge { limit });
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => match e.downcast::<hyper::Error>() {
-            Ok(source) => Err(ProxyError::ClientBody { source: *source }),
-            // The only other error Limited produces is LengthLimitError.
-            Err(_) => Err(ProxyError::BodyTooLarge { limit }),
-        },
-    }
-}
-
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let listed: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in listed {
-        headers.remove(name);
+    if headers.contains_key(header::CONNECTION) {
+        let listed: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .collect();
+        for name in listed {
+            headers.remove(name);
+        }
     }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
     }
 }
 
-fn append_value(headers: &mut HeaderMap, name: &'static str, value: &str) {
-    let combined = match headers.get(name).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => format!("{prev}, {value}"),
-        _ => value.to_string(),
+/// Appends `value` to a comma-separated header (the first one of that name), or sets it.
+fn append_value(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let combined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(prev) if !prev.is_empty() => {
+            let mut s = String::with_capacity(prev.len() + 2 + value.len());
+            s.push_str(prev);
+            s.push_str(", ");
+            s.push_str(value.to_str().unwrap_or(""));
+            HeaderValue::from_str(&s).ok()
+        }
+        _ => Some(value),
     };
-    if let Ok(v) = HeaderValue::from_str(&combined) {
+    if let Some(v) = combined {
         headers.insert(name, v);
     }
 }
 
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
 fn forwarding_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&str>) {
-    let ip = conn.peer.ip();
     let proto = if conn.tls { "https" } else { "http" };
-    append_value(headers, "x-forwarded-for", &ip.to_string());
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    append_value(headers, X_FORWARDED_FOR.clone(), conn.forwarded_for.clone());
+    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
     if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
-        headers.insert("x-forwarded-host", v);
+        headers.insert(X_FORWARDED_HOST.clone(), v);
     }
-    let node = if ip.is_ipv6() {
-        format!("\"[{ip}]\"")
-    } else {
-        ip.to_string()
-    };
-    let mut fwd = format!("for={node};proto={proto}");
-    if let Some(h) = host.filter(|h| {
+    let host = host.filter(|h| {
         h.bytes()
             .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
-    }) {
-        fwd.push_str(&format!(";host={h}"));
+    });
+    let mut fwd = String::with_capacity(conn.forwarded.len() + 6 + host.map_or(0, str::len));
+    fwd.push_str(&conn.forwarded);
+    if let Some(h) = host {
+        fwd.push_str(";host=");
+        fwd.push_str(h);
     }
-    append_value(headers, "forwarded", &fwd);
+    if let Ok(v) = HeaderValue::from_str(&fwd) {
+        append_value(headers, FORWARDED.clone(), v);
+    }
 }
 
 fn hash_key(source: &HashSource, headers: &HeaderMap, conn: &ConnInfo) -> Option<u64> {
@@ -297,16 +299,37 @@ async fn forward(
     log: Option<&RequestLog>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
-    let (parts, incoming) = req.into_parts();
+    let cfg = &up.config;
+    let mut req = req;
+    // A WebSocket upgrade (HTTP/1.1 only; HTTP/2 has no Upgrade) to an HTTP/1.1 upstream.
+    let upgrade = websocket_upgrade(&req, cfg.protocol);
+    let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
+    let (mut parts, incoming) = req.into_parts();
     let declared = parts
         .headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = read_body(incoming, declared, max_body).await?;
+    let body =
+        RequestBodySource::read(incoming, declared, max_body, cfg.retry.buffer_bytes).await?;
 
-    let mut headers = parts.headers.clone();
+    let idempotent = is_idempotent(&parts.method);
+    let scheme = if cfg.tls.is_some() {
+        Scheme::HTTPS
+    } else {
+        Scheme::HTTP
+    };
+    let hash = match &cfg.algorithm {
+        crate::config::Algorithm::ConsistentHash(src) => hash_key(src, &parts.headers, conn),
+        _ => None,
+    };
+    let traceparent = crate::trace::child_header(parts.headers.get(TRACEPARENT));
+    let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
+    if let Some(proto) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, proto.clone());
+    }
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
     if !headers.contains_key(header::HOST)
@@ -315,28 +338,28 @@ async fn forward(
         headers.insert(header::HOST, v);
     }
     forwarding_headers(&mut headers, conn, host.as_deref());
-    let trace = TraceParent::child_of(parts.headers.get(TRACEPARENT));
-    if let Ok(v) = HeaderValue::from_str(&trace.to_header()) {
-        headers.insert(TRACEPARENT, v);
-    }
+    headers.insert(TRACEPARENT, traceparent);
     route.request_headers.apply(&mut headers);
-    let path = match &route.rewrite {
-        Some(rw) => router::rewrite_prefix(parts.uri.path(), &rw.prefix, &rw.replacement),
-        None => parts.uri.path().to_string(),
+    let path_and_query = match &route.rewrite {
+        Some(rw) => {
+            let path = router::rewrite_prefix(parts.uri.path(), &rw.prefix, &rw.replacement);
+            let pq = match parts.uri.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            PathAndQuery::try_from(pq)
+                .map_err(|_| ProxyError::Internal("cannot build the upstream path".into()))?
+        }
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
-    let path_and_query = match parts.uri.query() {
-        Some(q) => format!("{path}?{q}"),
-        None => path,
-    };
-    let idempotent = is_idempotent(&parts.method);
-    let cfg = &up.config;
-    let hash = match &cfg.algorithm {
-        crate::config::Algorithm::ConsistentHash(src) => hash_key(src, &parts.headers, conn),
-        _ => None,
-    };
-    let version = match cfg.protocol {
-        UpstreamProtocol::Http1 => Version::HTTP_11,
-        UpstreamProtocol::H2c => Version::HTTP_2,
+    let version = if cfg.protocol.is_h2() {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
     };
     let metrics = &shared.metrics;
     let name = cfg.name.as_str();
@@ -357,16 +380,30 @@ async fn forward(
         tried.push(idx);
         let member = &up.members[idx];
         if let Some(log) = log {
-            log.set_member(&member.address, attempt);
+            log.set_member(member, attempt);
         }
-        let uri: Uri = format!("http://{}{}", member.address, path_and_query)
-            .parse()
+        let authority = member.authority.clone().ok_or_else(|| {
+            ProxyError::Internal(format!(
+                "member address `{}` is no authority",
+                member.address
+            ))
+        })?;
+        let uri = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority)
+            .path_and_query(path_and_query.clone())
+            .build()
             .map_err(|_| ProxyError::Internal("cannot build the upstream URI".into()))?;
-        let mut upstream_req = Request::new(Full::new(body.clone()));
+        let mut upstream_req = Request::new(body.attempt());
         *upstream_req.method_mut() = parts.method.clone();
         *upstream_req.uri_mut() = uri;
         *upstream_req.version_mut() = version;
-        *upstream_req.headers_mut() = headers.clone();
+        // The last possible attempt takes the headers; earlier ones copy them.
+        *upstream_req.headers_mut() = if attempt > cfg.retry.max_retries {
+            std::mem::take(&mut headers)
+        } else {
+            headers.clone()
+        };
         let in_flight = member.start();
         let remaining = deadline.saturating_duration_since(now);
         let per_try = cfg.try_timeout.min(remaining);
@@ -376,6 +413,13 @@ async fn forward(
             .instrument(span)
             .await;
         let done = Instant::now();
+        // The client's body failed (too large, or the client went away): not the member's
+        // fault, and nothing to retry.
+        if result.as_ref().is_ok_and(Result::is_err)
+            && let Some(fault) = body.client_fault()
+        {
+            return Err(fault);
+        }
         let (outcome_label, outcome, res) = match result {
             Ok(Ok(res)) => {
                 member.record_latency(done - sent);
@@ -429,23 +473,21 @@ async fn forward(
                 }),
             ),
         };
-        metrics
-            .upstream_attempts_total
-            .with_label_values(&[name, member.address.as_str(), outcome_label])
-            .inc();
-        if member.record_outcome(outcome, &cfg.outlier, done, up.may_eject(done)) {
+        up.count_attempt(idx, outcome_label);
+        let ejected = member.record_outcome(outcome, &cfg.outlier, done, up.may_eject(done));
+        if ejected {
             metrics
                 .upstream_ejections_total
                 .with_label_values(&[name, member.address.as_str()])
                 .inc();
             tracing::warn!(upstream = name, member = %member.address, "member ejected by outlier detection");
         }
-        up.publish_health(metrics, done);
+        up.maybe_publish_health(metrics, done, ejected);
 
         let retryable = match &res {
             Ok(r) => r.status().is_server_error() && idempotent,
             Err(e) => e.retry_safe(idempotent),
-        };
+        } && body.replayable();
         let attempts_left = attempt <= cfg.retry.max_retries && done < deadline;
         if retryable && attempts_left {
             if up.budget.try_acquire(done) {
@@ -461,7 +503,34 @@ async fn forward(
                 .with_label_values(&[name, "budget_exhausted"])
                 .inc();
         }
-        let res = res?;
+        let mut res = res?;
+        if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            let (Some(proto), Some(client_upgrade)) = (upgrade, client_upgrade) else {
+                return Err(ProxyError::Internal(
+                    "upstream tried to switch protocols".into(),
+                ));
+            };
+            let upstream_upgrade = hyper::upgrade::on(&mut res);
+            let (mut parts, _empty) = res.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            parts.headers.insert(header::UPGRADE, proto);
+            parts.version = Version::HTTP_11;
+            conn.tunnel.store(true, Ordering::Relaxed);
+            let hold = conn.hold.clone();
+            let span = tracing::debug_span!("tunnel", upstream = name, member = %member.address);
+            tokio::spawn(
+                async move {
+                    // The connection stays counted, and the member busy, while the tunnel lives.
+                    let _hold = (hold, in_flight);
+                    tunnel(client_upgrade, upstream_upgrade).await;
+                }
+                .instrument(span),
+            );
+            return Ok(Response::from_parts(parts, body::empty()));
+        }
         let (mut parts, incoming) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         let body = body::boxed(TrackedBody::holding(
@@ -470,28 +539,61 @@ async fn forward(
         ));
         let mut response = Response::from_parts(parts, body);
         *response.version_mut() = Version::HTTP_11;
-        if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            return Err(ProxyError::Internal(
-                "upstream tried to switch protocols".into(),
-            ));
-        }
         return Ok(response);
+    }
+}
+
+/// The `Upgrade` value of a WebSocket upgrade request that can be passed to `protocol`
+/// upstreams: HTTP/1.1, `Connection: upgrade` and `Upgrade: websocket`.
+fn websocket_upgrade(req: &Request<Incoming>, protocol: UpstreamProtocol) -> Option<HeaderValue> {
+    if req.version() != Version::HTTP_11 || protocol != UpstreamProtocol::Http1 {
+        return None;
+    }
+    let headers = req.headers();
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = headers.get(header::UPGRADE)?;
+    let websocket = upgrade
+        .to_str()
+        .ok()?
+        .split(',')
+        .any(|p| p.trim().eq_ignore_ascii_case("websocket"));
+    (connection_upgrade && websocket).then(|| upgrade.clone())
+}
+
+/// Copies bytes both ways between the upgraded client and upstream connections until both
+/// sides are done.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    let (client, upstream) = match tokio::try_join!(client, upstream) {
+        Ok(both) => both,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut client = TokioIo::new(client);
+    let mut upstream = TokioIo::new(upstream);
+    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::AtomicBool;
-
     use super::*;
 
     fn conn(peer: &str, tls: bool) -> ConnInfo {
-        ConnInfo {
-            listener: Arc::from("web"),
-            peer: peer.parse().unwrap(),
+        ConnInfo::new(
+            Arc::from("web"),
+            peer.parse().unwrap(),
             tls,
-            ambiguous_framing: Arc::new(AtomicBool::new(false)),
-        }
+            crate::conn::ConnHold::default(),
+        )
     }
 
     #[test]

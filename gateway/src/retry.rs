@@ -102,6 +102,7 @@ mod tests {
                 max_retries: 2,
                 budget_percent: percent,
                 budget_min_per_second: floor,
+                buffer_bytes: 0,
             },
             now,
         )

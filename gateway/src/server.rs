@@ -2,7 +2,6 @@
 //! start-up, reload and graceful shutdown.
 
 use std::collections::BTreeMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -10,24 +9,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use http::{Request, Response};
-use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
-use tower::util::BoxCloneService;
 
-use crate::body::ResponseBody;
 use crate::config::{self, ConfigError};
-use crate::layers::{ErrorLayer, ObserveLayer, RequestIdLayer};
+use crate::layers::{
+    ErrorLayer, ErrorToResponse, Observe, ObserveLayer, RequestId, RequestIdLayer,
+};
 use crate::metrics::{Metrics, MetricsError};
 use crate::proxy::ProxyService;
 use crate::snapshot::Snapshot;
 use crate::{admin, listener};
 
-/// The request service of a connection, all layers included.
-pub type ServiceStack = BoxCloneService<Request<Incoming>, Response<ResponseBody>, Infallible>;
+/// The request service of a connection, all layers included. Cloning it is a couple of
+/// reference-count increments, so a connection clones it for every request.
+pub type ServiceStack = RequestId<Observe<ErrorToResponse<ProxyService>>>;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -87,15 +85,14 @@ impl Drop for ConnectionGuard {
 impl Shared {
     /// Builds the layered service (outermost first: request id, observe, errors, proxy).
     pub fn service_stack(self: &Arc<Self>) -> ServiceStack {
-        let svc = ServiceBuilder::new()
+        ServiceBuilder::new()
             .layer(RequestIdLayer)
             .layer(ObserveLayer::new(
                 self.metrics.clone(),
                 Arc::clone(&self.access_log),
             ))
             .layer(ErrorLayer)
-            .service(ProxyService::new(Arc::clone(self)));
-        BoxCloneService::new(svc)
+            .service(ProxyService::new(Arc::clone(self)))
     }
 
     /// Registers a new client connection.

@@ -54,19 +54,15 @@ impl Snapshot {
             );
         }
         let now = Instant::now();
-        let upstreams = config
-            .upstreams
-            .iter()
-            .map(|(name, u)| {
-                let prev = previous
-                    .and_then(|p| p.upstreams.get(name))
-                    .map(Arc::as_ref);
-                (
-                    name.clone(),
-                    Arc::new(Upstream::build(u, prev, metrics, now)),
-                )
-            })
-            .collect();
+        let mut upstreams = HashMap::new();
+        for (name, u) in &config.upstreams {
+            let prev = previous
+                .and_then(|p| p.upstreams.get(name))
+                .map(Arc::as_ref);
+            if let Some(up) = Upstream::build(u, prev, metrics, now, &mut errs) {
+                upstreams.insert(name.clone(), Arc::new(up));
+            }
+        }
         if !errs.is_empty() {
             return Err(errs);
         }

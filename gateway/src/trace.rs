@@ -21,7 +21,29 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
             return v.clone();
         }
     }
-    HeaderValue::from_str(&entropy::hex(16)).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    let mut id = [0u8; 32];
+    entropy::hex_into(&mut id);
+    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+/// The `traceparent` to send upstream (same as [`TraceParent::child_of`]`(..).to_header()`,
+/// written without intermediate strings).
+pub fn child_header(incoming: Option<&HeaderValue>) -> HeaderValue {
+    // 00-<32 hex trace>-<16 hex parent>-<2 hex flags>
+    let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
+    match incoming
+        .and_then(|v| v.to_str().ok())
+        .and_then(TraceParent::parse)
+    {
+        Some(p) => {
+            buf[3..35].copy_from_slice(p.trace_id.as_bytes());
+            let flags = format!("{:02x}", p.flags);
+            buf[53..55].copy_from_slice(flags.as_bytes());
+        }
+        None => entropy::hex_into(&mut buf[3..35]),
+    }
+    entropy::hex_into(&mut buf[36..52]);
+    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// A parsed `traceparent` (version 00).
@@ -95,6 +117,21 @@ mod tests {
         assert_eq!(request_id(Some(&ok)), ok);
         let bad = HeaderValue::from_static("has space");
         assert_eq!(request_id(Some(&bad)).len(), 32);
+        assert_eq!(request_id(None).len(), 32);
+    }
+
+    #[test]
+    fn child_header_matches_child_of() {
+        let incoming =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00");
+        let h = child_header(Some(&incoming));
+        let p = TraceParent::parse(h.to_str().unwrap()).unwrap();
+        assert_eq!(p.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_ne!(p.parent_id, "00f067aa0ba902b7");
+        assert_eq!(p.flags, 0);
+        let fresh = TraceParent::parse(child_header(None).to_str().unwrap()).unwrap();
+        assert_eq!(fresh.flags, 1);
+        assert_ne!(fresh.trace_id, p.trace_id);
         assert_eq!(request_id(None).len(), 32);
     }
 

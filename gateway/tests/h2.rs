@@ -61,19 +61,65 @@ match = {{ path_prefix = "/two" }}
     );
 }
 
+/// The size HTTP/2 gives a header list (RFC 9113 §6.5.2): name + value + 32 per field,
+/// pseudo-header fields included.
+fn h2_list_size(fields: &[(&str, &str)]) -> usize {
+    fields.iter().map(|(n, v)| n.len() + v.len() + 32).sum()
+}
+
 #[tokio::test]
 async fn h2_header_limit_gives_431() {
     let up = TestUpstream::start("a", false).await;
     let text = format!(
-        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nmax_header_bytes = 2048\n[upstreams.u]\n{}\n[[routes]]\nupstream = \"u\"\n",
+        "[admin]\nlisten = \"127.0.0.1:0\"\n[listeners.web]\nlisten = \"127.0.0.1:0\"\nmax_header_bytes = 2048\n[upstreams.u]\n{}\n[[routes]]\nupstream = \"u\"\n",
         members(&[&up])
     );
     let gw = TestGateway::start(&text).await;
-    let req = http::Request::get(gw.url("web", "/"))
-        .header("x-big", "a".repeat(3000))
-        .body(http_body_util::Full::new(bytes::Bytes::new()))
-        .unwrap();
-    let res = h2c_client().request(req).await.unwrap();
-    assert_eq!(res.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
-    assert_eq!(up.hits(), 0);
+    let authority = gw.addr("web").to_string();
+    // The request's header list without x-big; the client sends exactly these fields.
+    let base = h2_list_size(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", &authority),
+        (":path", "/"),
+    ]);
+    // x-big's value length that brings the list to exactly `size`.
+    let value_len = |size: usize| size - base - "x-big".len() - 32;
+    let c = h2c_client();
+    let send = |len: usize| {
+        let req = http::Request::get(gw.url("web", "/"))
+            .header("x-big", "a".repeat(len))
+            .body(http_body_util::Full::new(bytes::Bytes::new()))
+            .unwrap();
+        let c = c.clone();
+        async move {
+            let res = tokio::time::timeout(DEADLINE, c.request(req))
+                .await
+                .expect("timed out")
+                .expect("request failed");
+            assert_eq!(res.version(), Version::HTTP_2);
+            (res.status(), res.headers().clone())
+        }
+    };
+    // One byte under the limit passes; at the limit the HTTP/2 layer answers 431 before the
+    // request reaches routing (so no request id), and the upstream never sees it.
+    let (status, headers) = send(value_len(2047)).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(headers.contains_key("x-request-id"));
+    assert_eq!(up.hits(), 1);
+    let (status, headers) = send(value_len(2048)).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert!(!headers.contains_key("x-request-id"));
+    let (status, _) = send(value_len(2048) + 1000).await;
+    assert_eq!(status, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    assert_eq!(up.hits(), 1);
+    // Only the stream was refused: the same connection goes on serving.
+    let (status, _) = send(10).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(up.hits(), 2);
+    let (_, _, metrics) = get(&client(), &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("lb_gateway_connections_total{listener=\"web\"} 1\n"),
+        "{metrics}"
+    );
 }

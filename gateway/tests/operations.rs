@@ -1,7 +1,7 @@
 //! End-to-end: reload under load, refused reloads, graceful shutdown, connection limits.
 
 // Request helpers below are test code outside #[test] functions.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -205,10 +205,28 @@ async fn drain_deadline_reports_remaining_connections() {
     stuck.abort();
 }
 
+/// Connections waiting in the kernel's accept queue of the listening socket on 127.0.0.1:`port`
+/// (for a socket in LISTEN state, `rx_queue` of /proc/net/tcp is that queue's length).
+fn accept_queue(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    let local = format!("0100007F:{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f[1] == local && f[3] == "0A")
+        .map(|f| {
+            let rx = f[4].split(':').nth(1).unwrap();
+            usize::from_str_radix(rx, 16).unwrap()
+        })
+        .expect("listening socket not found in /proc/net/tcp")
+}
+
 #[tokio::test]
 async fn max_connections_holds_back_new_connections() {
     let a = TestUpstream::start("a", false).await;
     let gw = TestGateway::start(&config(&[&a], "v1", "max_connections = 1")).await;
+    let port = gw.addr("web").port();
     let admin = client();
     let mut first = TcpStream::connect(gw.addr("web")).await.unwrap();
     first
@@ -216,18 +234,43 @@ async fn max_connections_holds_back_new_connections() {
         .await
         .unwrap();
     a.wait_held(1).await;
+    assert_eq!(accept_queue(port), 0);
     let mut second = TcpStream::connect(gw.addr("web")).await.unwrap();
     second
         .write_all(b"GET /second HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await
         .unwrap();
+    // The kernel completed the handshake, but the gateway does not accept the connection:
+    // it waits in the accept queue. (Without the limit it would be accepted at once and this
+    // would time out.)
+    eventually("second connection queued", || async {
+        accept_queue(port) == 1
+    })
+    .await;
+    // This test runs the gateway on its own single-threaded runtime: by the time an admin
+    // round trip is done, the accept loop has had every chance to take the connection.
     let (_, _, body) = get(&admin, &gw.admin_url("/admin/connections")).await;
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["active_connections"], 1);
+    let (_, _, metrics) = get(&admin, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("lb_gateway_connections_total{listener=\"web\"} 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(accept_queue(port), 1);
     assert_eq!(a.hits(), 1);
+    // When the first connection ends, the second is accepted and served.
     a.state.release.notify_waiters();
-    assert!(read_all(&mut first).await.starts_with("HTTP/1.1 200"));
+    let r = read_all(&mut first).await;
+    assert!(r.starts_with("HTTP/1.1 200"), "{r}");
     let r = read_all(&mut second).await;
     assert!(r.starts_with("HTTP/1.1 200"), "{r}");
+    assert_eq!(r.split("\r\n\r\n").nth(1), Some("a /second 0"));
+    assert_eq!(accept_queue(port), 0);
     assert_eq!(a.hits(), 2);
+    let (_, _, metrics) = get(&admin, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("lb_gateway_connections_total{listener=\"web\"} 2\n"),
+        "{metrics}"
+    );
 }

@@ -9,6 +9,7 @@
 )]
 
 mod bench;
+mod bench_l7;
 mod bench_maglev;
 mod setup;
 mod shell;

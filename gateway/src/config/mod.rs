@@ -176,6 +176,26 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 over cleartext with prior knowledge.
     H2c,
+    /// HTTP/2 over TLS (ALPN `h2`); needs `tls`.
+    H2,
+}
+
+impl UpstreamProtocol {
+    /// Whether requests are sent as HTTP/2.
+    pub fn is_h2(self) -> bool {
+        matches!(self, Self::H2c | Self::H2)
+    }
+}
+
+/// `[upstreams.NAME.tls]`: TLS to the members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTlsConfig {
+    /// CA certificates that sign the members' certificates (PEM).
+    pub ca_file: PathBuf,
+    /// Name to send as SNI and to verify; `None`: the host of each member's address.
+    pub server_name: Option<String>,
+    /// Client certificate chain and key presented to members (mTLS).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
 }
 
 /// `[upstreams.NAME]`
@@ -193,6 +213,7 @@ pub struct UpstreamConfig {
     pub health_check: Option<HealthCheckConfig>,
     pub outlier: OutlierConfig,
     pub retry: RetryConfig,
+    pub tls: Option<UpstreamTlsConfig>,
 }
 
 /// One member: `host:port` (names are resolved on every new connection) and a weight.
@@ -239,6 +260,9 @@ pub struct RetryConfig {
     pub budget_percent: u32,
     /// Retries per second always allowed, so that low traffic can still retry.
     pub budget_min_per_second: u32,
+    /// Request bodies up to this size are read whole before the first attempt so that any
+    /// attempt can resend them; larger ones stream and are resent only if never sent.
+    pub buffer_bytes: usize,
 }
 
 /// `[[routes]]`

@@ -87,6 +87,17 @@ pub struct RawUpstream {
     pub health_check: Option<RawHealthCheck>,
     pub outlier: Option<RawOutlier>,
     pub retry: Option<RawRetry>,
+    pub tls: Option<RawUpstreamTls>,
+}
+
+/// `[upstreams.NAME.tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    pub ca_file: Option<String>,
+    pub server_name: Option<String>,
+    pub cert_file: Option<String>,
+    pub key_file: Option<String>,
 }
 
 /// `[[upstreams.NAME.members]]`
@@ -134,6 +145,7 @@ pub struct RawRetry {
     pub max_retries: Option<i64>,
     pub budget_percent: Option<i64>,
     pub budget_min_per_second: Option<i64>,
+    pub buffer_bytes: Option<i64>,
 }
 
 /// `[[routes]]`

@@ -12,14 +12,17 @@ use http::{HeaderName, HeaderValue, Method, StatusCode};
 
 use super::raw::{
     RawConfig, RawHeaderOps, RawHealthCheck, RawListener, RawMatch, RawOutlier, RawRetry, RawRoute,
-    RawUpstream,
+    RawUpstream, RawUpstreamTls,
 };
 use super::{
     Algorithm, CertificateConfig, Config, FieldError, HashSource, HeaderOps, HealthCheckConfig,
     HealthCheckKind, HostMatch, ListenerConfig, MemberConfig, OutlierConfig, PathMatch,
     PathRewrite, RetryConfig, RouteAction, RouteConfig, RouteMatch, Segment, TlsConfig,
-    UpstreamConfig, UpstreamProtocol, parse_duration,
+    UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig, parse_duration,
 };
+
+/// CA bundle used for TLS to upstreams when `ca_file` is not set (Debian's system bundle).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Collects errors while validation goes on.
 #[derive(Default)]
@@ -114,7 +117,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldError>> 
     let mut upstreams = BTreeMap::new();
     for (name, u) in raw.upstreams {
         let path = format!("upstreams.{name}");
-        if let Some(up) = upstream(&mut errs, &path, &name, u) {
+        if let Some(up) = upstream(&mut errs, &path, &name, u, base) {
             upstreams.insert(name, up);
         }
     }
@@ -275,7 +278,13 @@ fn listener(
     })
 }
 
-fn upstream(errs: &mut Errors, path: &str, name: &str, u: RawUpstream) -> Option<UpstreamConfig> {
+fn upstream(
+    errs: &mut Errors,
+    path: &str,
+    name: &str,
+    u: RawUpstream,
+    base: &Path,
+) -> Option<UpstreamConfig> {
     valid_name(errs, path, name);
     let hash = u.hash.map(|h| {
         let hpath = format!("{path}.hash");
@@ -351,14 +360,29 @@ fn upstream(errs: &mut Errors, path: &str, name: &str, u: RawUpstream) -> Option
     let protocol = match u.protocol.as_deref().unwrap_or("http1") {
         "http1" => Some(UpstreamProtocol::Http1),
         "h2c" => Some(UpstreamProtocol::H2c),
+        "h2" => Some(UpstreamProtocol::H2),
         other => {
             errs.push(
                 format!("{path}.protocol"),
-                format!("`{other}` is not one of http1, h2c"),
+                format!("`{other}` is not one of http1, h2c, h2"),
             );
             None
         }
     };
+    match (protocol, u.tls.is_some()) {
+        (Some(UpstreamProtocol::H2), false) => errs.push(
+            format!("{path}.protocol"),
+            "`h2` is HTTP/2 over TLS and needs `tls`; use `h2c` for cleartext HTTP/2",
+        ),
+        (Some(UpstreamProtocol::H2c), true) => errs.push(
+            format!("{path}.protocol"),
+            "`h2c` is cleartext; with `tls` use `h2`",
+        ),
+        _ => {}
+    }
+    let tls = u
+        .tls
+        .map(|t| upstream_tls(errs, &format!("{path}.tls"), t, base));
     if u.members.is_empty() {
         errs.push(format!("{path}.members"), "at least one member is required");
     }
@@ -445,7 +469,51 @@ fn upstream(errs: &mut Errors, path: &str, name: &str, u: RawUpstream) -> Option
         health_check,
         outlier,
         retry,
+        tls,
     })
+}
+
+fn upstream_tls(
+    errs: &mut Errors,
+    path: &str,
+    t: RawUpstreamTls,
+    base: &Path,
+) -> UpstreamTlsConfig {
+    let server_name = t.server_name.filter(|n| {
+        let ok = rustls_pki_types::ServerName::try_from(n.as_str()).is_ok();
+        if !ok {
+            errs.push(
+                format!("{path}.server_name"),
+                format!("`{n}` is not a DNS name or IP address"),
+            );
+        }
+        ok
+    });
+    let client_cert = match (t.cert_file, t.key_file) {
+        (Some(c), Some(k)) => Some((file_path(base, &c), file_path(base, &k))),
+        (None, None) => None,
+        (Some(_), None) => {
+            errs.push(
+                format!("{path}.key_file"),
+                "is required with `cert_file` (client certificate)",
+            );
+            None
+        }
+        (None, Some(_)) => {
+            errs.push(
+                format!("{path}.cert_file"),
+                "is required with `key_file` (client certificate)",
+            );
+            None
+        }
+    };
+    UpstreamTlsConfig {
+        ca_file: t
+            .ca_file
+            .map_or_else(|| PathBuf::from(SYSTEM_CA_BUNDLE), |f| file_path(base, &f)),
+        server_name,
+        client_cert,
+    }
 }
 
 /// A member address is `host:port` with a non-empty host and a valid, non-zero port.
@@ -563,10 +631,18 @@ fn retry(errs: &mut Errors, path: &str, r: RawRetry) -> RetryConfig {
         0,
         10_000,
     );
+    let buffer_bytes = errs.int_in(
+        &format!("{path}.buffer_bytes"),
+        r.buffer_bytes,
+        64 * 1024,
+        0,
+        16 * 1024 * 1024,
+    );
     RetryConfig {
         max_retries: u32_from(max_retries),
         budget_percent: u32_from(budget_percent),
         budget_min_per_second: u32_from(budget_min_per_second),
+        buffer_bytes: usize_from(buffer_bytes),
     }
 }
 

@@ -14,6 +14,8 @@ use crate::config::OutlierConfig;
 pub struct Member {
     /// `host:port` as configured.
     pub address: String,
+    /// The address as a URI authority (parsed once, cloned into every request URI).
+    pub authority: Option<http::uri::Authority>,
     pub weight: u32,
     healthy: AtomicBool,
     in_flight: AtomicU64,
@@ -35,6 +37,7 @@ impl Member {
     /// A new member, healthy until a check or outlier detection says otherwise.
     pub fn new(address: String, weight: u32) -> Self {
         Self {
+            authority: address.parse().ok(),
             address,
             weight,
             healthy: AtomicBool::new(true),

@@ -5,9 +5,12 @@ pub mod client;
 pub mod member;
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::config::UpstreamConfig;
+use prometheus::IntCounter;
+
+use crate::config::{FieldError, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::retry::RetryBudget;
 
@@ -23,17 +26,37 @@ pub struct Upstream {
     pub balancer: Balancer,
     pub client: UpstreamClient,
     pub budget: RetryBudget,
+    /// `lb_gateway_upstream_attempts_total` of each member (same index), by outcome, resolved
+    /// once so that an attempt does not look labels up.
+    attempts: Vec<AttemptCounters>,
+    /// When the health gauge was last published (ms since `epoch`).
+    published_ms: AtomicU64,
+    epoch: Instant,
 }
+
+/// Attempt counters of one member, by outcome label.
+#[derive(Debug)]
+struct AttemptCounters([IntCounter; ATTEMPT_OUTCOMES.len()]);
+
+/// The `outcome` label values of `lb_gateway_upstream_attempts_total`.
+pub const ATTEMPT_OUTCOMES: [&str; 5] =
+    ["success", "http_5xx", "connect_error", "timeout", "error"];
+
+/// How often the member health gauge is refreshed from the request path (health checks and
+/// ejections publish at once).
+const PUBLISH_EVERY_MS: u64 = 1000;
 
 impl Upstream {
     /// Builds a pool; members and the connection pool of `previous` are kept where the
-    /// address (and for the pool, the connection settings) did not change.
+    /// address (and for the pool, the connection settings) did not change. TLS files are
+    /// loaded here; their errors are pushed with key paths and `None` is returned.
     pub fn build(
         cfg: &UpstreamConfig,
         previous: Option<&Upstream>,
         metrics: &Metrics,
         now: Instant,
-    ) -> Self {
+        errs: &mut Vec<FieldError>,
+    ) -> Option<Self> {
         let members: Vec<Arc<Member>> = cfg
             .members
             .iter()
@@ -55,17 +78,33 @@ impl Upstream {
                 metrics
                     .upstream_connections_opened_total
                     .with_label_values(&[cfg.name.as_str()]),
-            ),
+                errs,
+            )?,
         };
+        let attempts = members
+            .iter()
+            .map(|m| {
+                AttemptCounters(ATTEMPT_OUTCOMES.map(|o| {
+                    metrics.upstream_attempts_total.with_label_values(&[
+                        cfg.name.as_str(),
+                        m.address.as_str(),
+                        o,
+                    ])
+                }))
+            })
+            .collect();
         let up = Self {
             balancer: Balancer::new(cfg.algorithm.clone(), &members),
             config: cfg.clone(),
             members,
             client,
             budget: RetryBudget::new(&cfg.retry, now),
+            attempts,
+            published_ms: AtomicU64::new(0),
+            epoch: now,
         };
         up.publish_health(metrics, now);
-        up
+        Some(up)
     }
 
     /// Whether outlier detection may eject one more member without passing the cap.
@@ -73,6 +112,27 @@ impl Upstream {
         let ejected = self.members.iter().filter(|m| m.is_ejected(now)).count();
         let cap = self.members.len() * self.config.outlier.max_ejected_percent as usize / 100;
         ejected < cap
+    }
+
+    /// Counts an attempt on member `idx` with an outcome of [`ATTEMPT_OUTCOMES`].
+    pub fn count_attempt(&self, idx: usize, outcome: &str) {
+        let counters = self.attempts.get(idx);
+        let i = ATTEMPT_OUTCOMES.iter().position(|o| *o == outcome);
+        if let (Some(c), Some(i)) = (counters, i) {
+            c.0[i].inc();
+        }
+    }
+
+    /// Updates the member health gauge when `changed`, or when it was last published more
+    /// than a second ago (ejections expire without an event).
+    pub fn maybe_publish_health(&self, metrics: &Metrics, now: Instant, changed: bool) {
+        let ms = u64::try_from(now.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX);
+        let last = self.published_ms.load(Ordering::Relaxed);
+        if changed || ms.saturating_sub(last) >= PUBLISH_EVERY_MS {
+            self.published_ms.store(ms, Ordering::Relaxed);
+            self.publish_health(metrics, now);
+        }
     }
 
     /// Updates the member health gauge.

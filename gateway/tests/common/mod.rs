@@ -72,6 +72,8 @@ pub struct UpstreamState {
     /// Status of `/healthz` (0 = 200).
     pub health_status: AtomicU16,
     pub seen: Mutex<Vec<(String, HeaderMap, Bytes)>>,
+    /// HTTP version of each request, in arrival order.
+    pub versions: Mutex<Vec<http::Version>>,
     /// `/hold...` requests wait for this.
     pub release: Notify,
     /// Counts `/hold...` requests that arrived.
@@ -110,6 +112,7 @@ async fn upstream_handle(
         *res.status_mut() = StatusCode::from_u16(if s == 0 { 200 } else { s }).unwrap();
         return res;
     }
+    state.versions.lock().unwrap().push(req.version());
     let headers = req.headers().clone();
     let body = req
         .into_body()
@@ -146,6 +149,15 @@ async fn upstream_handle(
 impl TestUpstream {
     /// Starts an HTTP/1.1 upstream (or h2c with prior knowledge when `h2c`).
     pub async fn start(name: &str, h2c: bool) -> Self {
+        Self::start_with(name, h2c, None).await
+    }
+
+    /// Starts a TLS upstream: HTTP/2 when the client negotiated ALPN `h2`, else HTTP/1.1.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Self {
+        Self::start_with(name, false, Some(tls)).await
+    }
+
+    async fn start_with(name: &str, h2c: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = socket.local_addr().unwrap();
         let state = Arc::new(UpstreamState::default());
@@ -156,20 +168,26 @@ impl TestUpstream {
                     continue;
                 };
                 let (n, st) = (n.clone(), Arc::clone(&st));
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
                         let (n, st) = (n.clone(), Arc::clone(&st));
                         async move { Ok::<_, Infallible>(upstream_handle(n, st, req).await) }
                     });
-                    let io = TokioIo::new(stream);
-                    let served = if h2c {
-                        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                            .serve_connection(io, svc)
-                            .await
-                    } else {
-                        hyper::server::conn::http1::Builder::new()
-                            .serve_connection(io, svc)
-                            .await
+                    let served = match tls {
+                        None => serve(TokioIo::new(stream), h2c, svc).await,
+                        Some(cfg) => {
+                            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+                            let s = match acceptor.accept(stream).await {
+                                Ok(s) => s,
+                                Err(e) => {
+                                    eprintln!("test upstream TLS handshake: {e}");
+                                    return;
+                                }
+                            };
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve(TokioIo::new(s), h2, svc).await
+                        }
                     };
                     if let Err(e) = served {
                         eprintln!("test upstream connection: {e}");
@@ -209,6 +227,24 @@ impl TestUpstream {
                 continue; // poll again
             }
         }
+    }
+}
+
+async fn serve<I, S>(io: I, h2: bool, svc: S) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = Full<Bytes>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    if h2 {
+        hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(io, svc)
+            .await
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .serve_connection(io, svc)
+            .await
     }
 }
 

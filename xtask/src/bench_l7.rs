@@ -1,0 +1,1029 @@
+//! `cargo xtask bench l7 [--json FILE]`: lb-gateway against NGINX and HAProxy on one machine.
+//!
+//! Setup, identical for the three proxies:
+//!
+//! - **upstream**: one NGINX process (`master_process off`, one worker) answering every request
+//!   with `return 200 "hello world\n"` (a 12-byte body), keep-alive, no access log;
+//! - **cores**: the load generator and the upstream pinned to CPU 0 with `taskset`, the proxy
+//!   under test pinned to CPU 1 (the machine has two);
+//! - **proxies**: lb-gateway with one worker thread (`--worker-threads 1`), NGINX with
+//!   `worker_processes 1`, HAProxy with `nbthread 1`; each with the same routes (an exact-path
+//!   fixed answer, two prefix routes to the upstream, a default), forwarding headers, request
+//!   ids generated, sent upstream and returned, metrics on (lb-gateway's Prometheus registry,
+//!   NGINX `stub_status`, HAProxy's Prometheus exporter), keep-alive to clients and to the
+//!   upstream;
+//! - **cases**: HTTP/1.1 saturation (`wrk -t1 -c50`), the same with the access log on (to a
+//!   file), h2c (`h2load -t1 -c50 -m1`), TLS 1.3 (`wrk -t1 -c50` over https; a self-signed
+//!   P-256 certificate made with the `openssl` CLI at bench time), and CPU use at a fixed
+//!   20,000 req/s (`h2load --h1 -t1 -c50 --rps 400`, i.e. 400 req/s per connection);
+//! - **measures**: requests per second and p99 latency from wrk (h2load reports the mean
+//!   request time instead), and the proxy's CPU use: the utime + stime of all its processes
+//!   (/proc/PID/stat) over the run divided by the run's wall time, 100% = one core, and from
+//!   both the CPU time per request (the figure other load on the machine disturbs least);
+//! - each case is run [`RUNS`] times, the proxies interleaved within each round, after a
+//!   warm-up; the medians are reported, with the ratios of lb-gateway to NGINX and HAProxy.
+//!
+//! All traffic goes to 127.0.0.1. Every run is bounded in time (`-d`/`-D` and a `timeout`
+//! wrapper), every wait has a deadline, and every process started is stopped at the end (also
+//! on error). `LB_BENCH_SECONDS` (default 10) sets the length of one run and `LB_BENCH_CASES`
+//! (comma-separated: `http1,access_log,h2c,tls13,fixed_rate`) limits the cases, for quick
+//! iterations; the numbers in BENCHMARKS.md use the defaults.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use serde::Serialize;
+
+use crate::shell;
+
+/// Measured runs per case and proxy; the median is reported.
+pub const RUNS: usize = 3;
+/// Connections of the load generator.
+const CONNECTIONS: u32 = 50;
+/// The fixed rate of the CPU case, requests per second (all connections together).
+const FIXED_RATE: u32 = 20_000;
+/// Unmeasured load before the measured runs of a case.
+const WARM_UP: Duration = Duration::from_secs(2);
+/// Longest wait for a process to listen or to exit.
+const PROCESS_DEADLINE: Duration = Duration::from_secs(15);
+/// The CPU of the load generator and upstream, and that of the proxy.
+const LOAD_CPU: &str = "0";
+const PROXY_CPU: &str = "1";
+/// The request path (routed by prefix to the upstream in every proxy).
+const PATH: &str = "/api/hello";
+
+/// The proxies compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Proxy {
+    LbGateway,
+    Nginx,
+    Haproxy,
+}
+
+impl Proxy {
+    const ALL: [Proxy; 3] = [Proxy::LbGateway, Proxy::Nginx, Proxy::Haproxy];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::LbGateway => "lb-gateway",
+            Self::Nginx => "nginx",
+            Self::Haproxy => "haproxy",
+        }
+    }
+}
+
+/// The cases measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Case {
+    Http1,
+    AccessLog,
+    H2c,
+    Tls13,
+    FixedRate,
+}
+
+impl Case {
+    const ALL: [Case; 5] = [
+        Case::Http1,
+        Case::AccessLog,
+        Case::H2c,
+        Case::Tls13,
+        Case::FixedRate,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::AccessLog => "access_log",
+            Self::H2c => "h2c",
+            Self::Tls13 => "tls13",
+            Self::FixedRate => "fixed_rate",
+        }
+    }
+
+    fn title(self) -> String {
+        match self {
+            Self::Http1 => "HTTP/1.1 saturation".into(),
+            Self::AccessLog => "HTTP/1.1, access log on".into(),
+            Self::H2c => "h2c saturation".into(),
+            Self::Tls13 => "TLS 1.3 (HTTP/1.1) saturation".into(),
+            Self::FixedRate => format!("HTTP/1.1 at a fixed {FIXED_RATE} req/s"),
+        }
+    }
+}
+
+/// One measured run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub requests_per_second: f64,
+    /// wrk's 99th percentile (not reported by h2load).
+    pub p99_ms: Option<f64>,
+    /// h2load's mean request time (not reported by wrk).
+    pub mean_ms: Option<f64>,
+    /// CPU time of the proxy over wall time; 100 = one core.
+    pub cpu_percent: f64,
+    /// Failed requests, non-2xx answers and socket errors.
+    pub errors: u64,
+}
+
+/// The runs of one proxy in one case and their medians.
+#[derive(Debug, Clone, Serialize)]
+pub struct Measured {
+    pub proxy: Proxy,
+    pub runs: Vec<Run>,
+    pub median_requests_per_second: f64,
+    pub median_p99_ms: Option<f64>,
+    pub median_mean_ms: Option<f64>,
+    pub median_cpu_percent: f64,
+    /// Median over runs of the proxy's CPU time per request, in microseconds: the figure that
+    /// other load on the machine disturbs least.
+    pub median_cpu_us_per_request: f64,
+}
+
+/// One case: every proxy, and lb-gateway's ratios.
+#[derive(Debug, Clone, Serialize)]
+pub struct CaseReport {
+    pub case: Case,
+    pub title: String,
+    pub command: String,
+    pub results: Vec<Measured>,
+    /// lb-gateway / NGINX and lb-gateway / HAProxy, of req/s (of CPU use in the fixed-rate case).
+    pub ratio_to_nginx: Option<f64>,
+    pub ratio_to_haproxy: Option<f64>,
+}
+
+/// The whole report, as written by `--json`.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub machine: String,
+    pub versions: Vec<String>,
+    pub seconds_per_run: u64,
+    pub runs: usize,
+    pub cases: Vec<CaseReport>,
+    /// The config files used, by file name (ports and paths are those of this run).
+    pub configs: std::collections::BTreeMap<String, String>,
+}
+
+/// Runs the benchmark, prints the results and, with `json`, writes the [`Report`].
+pub fn run(json: Option<&Path>) -> anyhow::Result<()> {
+    let seconds: u64 = match std::env::var("LB_BENCH_SECONDS") {
+        Ok(s) => s
+            .parse()
+            .ok()
+            .filter(|s| (1..=300).contains(s))
+            .context("LB_BENCH_SECONDS must be 1..=300")?,
+        Err(_) => 10,
+    };
+    let cases: Vec<Case> = match std::env::var("LB_BENCH_CASES") {
+        Ok(list) => list
+            .split(',')
+            .map(|n| {
+                Case::ALL
+                    .into_iter()
+                    .find(|c| c.name() == n.trim())
+                    .with_context(|| format!("unknown case `{n}` in LB_BENCH_CASES"))
+            })
+            .collect::<anyhow::Result<_>>()?,
+        Err(_) => Case::ALL.to_vec(),
+    };
+    for tool in [
+        "nginx", "haproxy", "wrk", "h2load", "openssl", "taskset", "timeout",
+    ] {
+        if shell::output("sh", &["-c", &format!("command -v {tool}")]).is_none() {
+            bail!("`{tool}` is missing; run `cargo xtask setup` (as root) first");
+        }
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        bail!(
+            "the benchmark pins the load and the proxy to different CPUs; this machine has {cpus}"
+        );
+    }
+    shell::step("bench l7: building lb-gateway (release)");
+    shell::cargo(&["build", "--release", "-p", "lb-gateway"])?;
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
+    let gateway_bin = std::fs::canonicalize(Path::new(&target).join("release/lb-gateway"))
+        .context("the lb-gateway binary was not built")?;
+
+    let bench = Bench::prepare(gateway_bin, seconds)?;
+    let report = bench.measure(&cases);
+    // The work directory is removed on success and kept (for its logs) on failure.
+    let report = report?;
+    if let Err(e) = fs::remove_dir_all(&bench.dir) {
+        eprintln!("cannot remove {}: {e}", bench.dir.display());
+    }
+    print!("{}", render(&report));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+/// Ports of one proxy.
+#[derive(Debug, Clone, Copy)]
+struct ProxyPorts {
+    http: u16,
+    h2c: u16,
+    tls: u16,
+    metrics: u16,
+}
+
+struct Bench {
+    dir: PathBuf,
+    gateway_bin: PathBuf,
+    seconds: u64,
+    upstream_port: u16,
+    ports: [ProxyPorts; 3],
+}
+
+/// A started process, stopped (SIGTERM, then SIGKILL after a deadline) when dropped.
+struct Running {
+    name: String,
+    child: Child,
+}
+
+impl Running {
+    fn start(name: &str, cmd: &mut Command, log: &Path) -> anyhow::Result<Self> {
+        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err = out.try_clone()?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .with_context(|| format!("starting {name}: {cmd:?}"))?;
+        Ok(Self {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The process and its children (NGINX's worker), for CPU accounting.
+    fn pids(&self) -> Vec<u32> {
+        let root = self.pid();
+        let mut pids = vec![root];
+        if let Ok(entries) = fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if stat_fields(pid).is_some_and(|f| f.ppid == root) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+
+    /// utime + stime of the process and its children, in clock ticks.
+    fn cpu_ticks(&self) -> u64 {
+        self.pids()
+            .into_iter()
+            .filter_map(stat_fields)
+            .map(|f| f.ticks)
+            .sum()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pid = self.pid().to_string();
+        if shell::output("kill", &["-TERM", &pid]).is_none() {
+            eprintln!("{}: SIGTERM failed (already gone?)", self.name);
+        }
+        let deadline = Instant::now() + PROCESS_DEADLINE;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("{}: did not stop on SIGTERM, killing it", self.name);
+        if let Err(e) = self.child.kill() {
+            eprintln!("{}: kill failed: {e}", self.name);
+        }
+        if let Err(e) = self.child.wait() {
+            eprintln!("{}: wait failed: {e}", self.name);
+        }
+    }
+}
+
+struct StatFields {
+    ppid: u32,
+    ticks: u64,
+}
+
+/// ppid and utime + stime from /proc/PID/stat (fields 4, 14 and 15; the command name in
+/// parentheses may contain spaces, so fields are counted after the last `)`).
+fn stat_fields(pid: u32) -> Option<StatFields> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat(&text)
+}
+
+fn parse_stat(text: &str) -> Option<StatFields> {
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // f[0] is field 3 (state).
+    Some(StatFields {
+        ppid: f.get(1)?.parse().ok()?,
+        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").context("binding a port")?;
+    Ok(l.local_addr()?.port())
+}
+
+fn wait_listening(port: u16, what: &str) -> anyhow::Result<()> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let deadline = Instant::now() + PROCESS_DEADLINE;
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{what} does not listen on 127.0.0.1:{port}")
+}
+
+fn pinned(cpu: &str, program: &str) -> Command {
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpu, program]);
+    c
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    match values.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+impl Bench {
+    fn prepare(gateway_bin: PathBuf, seconds: u64) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("lb-bench-l7-{}", std::process::id()));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        // NGINX workers run as `nobody` when started by root; they only need to read.
+        shell::run(Command::new("chmod").args(["755", &dir.display().to_string()]))?;
+        shell::step("bench l7: generating a TLS certificate (openssl, P-256, self-signed)");
+        shell::run(
+            Command::new("openssl")
+                .args(
+                    "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 1 \
+                     -subj /CN=localhost -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout"
+                        .split_whitespace(),
+                )
+                .arg(dir.join("key.pem"))
+                .arg("-out")
+                .arg(dir.join("cert.pem"))
+                .stderr(Stdio::null()),
+        )?;
+        let combined = [
+            fs::read_to_string(dir.join("cert.pem"))?,
+            fs::read_to_string(dir.join("key.pem"))?,
+        ]
+        .concat();
+        fs::write(dir.join("combined.pem"), combined)?;
+        let mut ports = Vec::new();
+        for _ in Proxy::ALL {
+            ports.push(ProxyPorts {
+                http: free_port()?,
+                h2c: free_port()?,
+                tls: free_port()?,
+                metrics: free_port()?,
+            });
+        }
+        let ports: [ProxyPorts; 3] = ports
+            .try_into()
+            .map_err(|_| anyhow::anyhow!("three proxies"))?;
+        Ok(Self {
+            dir,
+            gateway_bin,
+            seconds,
+            upstream_port: free_port()?,
+            ports,
+        })
+    }
+
+    fn ports(&self, proxy: Proxy) -> ProxyPorts {
+        self.ports[Proxy::ALL.iter().position(|p| *p == proxy).unwrap_or(0)]
+    }
+
+    fn start_upstream(&self) -> anyhow::Result<Running> {
+        let conf = format!(
+            "worker_processes 1;\nmaster_process off;\ndaemon off;\npid {dir}/upstream.pid;\n\
+             error_log {dir}/upstream-error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n\
+             \x20 client_body_temp_path {dir}/up-body;\n  proxy_temp_path {dir}/up-proxy;\n\
+             \x20 fastcgi_temp_path {dir}/up-fcgi;\n  uwsgi_temp_path {dir}/up-uwsgi;\n  scgi_temp_path {dir}/up-scgi;\n\
+             \x20 server {{\n    listen 127.0.0.1:{port} backlog=4096;\n\
+             \x20   location / {{ default_type text/plain; return 200 \"hello world\\n\"; }}\n  }}\n}}\n",
+            dir = self.dir.display(),
+            port = self.upstream_port
+        );
+        let path = self.dir.join("upstream.conf");
+        fs::write(&path, conf)?;
+        let mut cmd = pinned(LOAD_CPU, "nginx");
+        cmd.arg("-p").arg(&self.dir).arg("-c").arg(&path);
+        let r = Running::start("upstream nginx", &mut cmd, &self.dir.join("upstream.out"))?;
+        wait_listening(self.upstream_port, "the upstream")?;
+        Ok(r)
+    }
+
+    fn gateway_config(&self, access_log: bool) -> String {
+        let p = self.ports(Proxy::LbGateway);
+        format!(
+            r#"[global]
+access_log = {access_log}
+
+[admin]
+listen = "127.0.0.1:{metrics}"
+
+[listeners.http]
+listen = "127.0.0.1:{http}"
+
+[listeners.h2c]
+listen = "127.0.0.1:{h2c}"
+
+[listeners.tls]
+listen = "127.0.0.1:{tls}"
+http2 = false
+[listeners.tls.tls]
+certificates = [{{ cert_file = "{dir}/cert.pem", key_file = "{dir}/key.pem" }}]
+
+[upstreams.app]
+members = [{{ address = "127.0.0.1:{up}" }}]
+pool_max_idle_per_member = 256
+
+[[routes]]
+name = "health"
+match = {{ path_exact = "/healthz" }}
+respond = {{ status = 200, body = "ok" }}
+
+[[routes]]
+name = "api"
+match = {{ path_prefix = "/api" }}
+upstream = "app"
+
+[[routes]]
+name = "static"
+match = {{ path_prefix = "/static", methods = ["GET", "HEAD"] }}
+upstream = "app"
+
+[[routes]]
+name = "default"
+respond = {{ status = 404, body = "no route" }}
+"#,
+            metrics = p.metrics,
+            http = p.http,
+            h2c = p.h2c,
+            tls = p.tls,
+            dir = self.dir.display(),
+            up = self.upstream_port,
+        )
+    }
+
+    fn nginx_config(&self, access_log: bool) -> String {
+        let p = self.ports(Proxy::Nginx);
+        let dir = self.dir.display();
+        let log = if access_log {
+            format!(
+                "log_format withid '$remote_addr [$time_local] \"$request\" $status $body_bytes_sent $request_id $request_time $upstream_addr';\n  access_log {dir}/nginx-access.log withid;"
+            )
+        } else {
+            "access_log off;".to_owned()
+        };
+        let proxied = "proxy_pass http://app;\n      proxy_http_version 1.1;\n      \
+             proxy_set_header Connection \"\";\n      proxy_set_header Host $host;\n      \
+             proxy_set_header X-Request-Id $request_id;\n      \
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n      \
+             proxy_set_header X-Forwarded-Proto $scheme;\n      \
+             proxy_set_header X-Forwarded-Host $host;\n      \
+             add_header X-Request-Id $request_id always;";
+        let server = |listen: String| {
+            format!(
+                "  server {{\n    {listen}\n    location = /healthz {{ return 200 \"ok\"; }}\n    \
+                 location /api {{\n      {proxied}\n    }}\n    \
+                 location /static {{\n      limit_except GET {{ deny all; }}\n      {proxied}\n    }}\n    \
+                 location / {{ return 404 \"no route\"; }}\n  }}\n"
+            )
+        };
+        let mut conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {dir}/nginx.pid;\nerror_log {dir}/nginx-error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  {log}\n  keepalive_requests 1000000;\n  keepalive_timeout 300s;\n\
+             \x20 client_body_temp_path {dir}/ng-body;\n  proxy_temp_path {dir}/ng-proxy;\n\
+             \x20 fastcgi_temp_path {dir}/ng-fcgi;\n  uwsgi_temp_path {dir}/ng-uwsgi;\n  scgi_temp_path {dir}/ng-scgi;\n\
+             \x20 upstream app {{\n    server 127.0.0.1:{up};\n    keepalive 256;\n    keepalive_requests 1000000;\n  }}\n",
+            up = self.upstream_port
+        );
+        conf.push_str(&server(format!(
+            "listen 127.0.0.1:{} backlog=4096;",
+            p.http
+        )));
+        conf.push_str(&server(format!(
+            "listen 127.0.0.1:{} http2 backlog=4096;",
+            p.h2c
+        )));
+        conf.push_str(&server(format!(
+            "listen 127.0.0.1:{} ssl backlog=4096;\n    ssl_certificate {dir}/cert.pem;\n    \
+             ssl_certificate_key {dir}/key.pem;\n    ssl_protocols TLSv1.3;",
+            p.tls
+        )));
+        // Metrics: connection and request counters.
+        conf.push_str(&format!("  server {{\n    listen 127.0.0.1:{} backlog=4096;\n    location /metrics {{ stub_status; }}\n  }}\n}}\n",
+            p.metrics));
+        conf
+    }
+
+    fn haproxy_config(&self, access_log: bool) -> String {
+        let p = self.ports(Proxy::Haproxy);
+        let dir = self.dir.display();
+        let (global_log, log) = if access_log {
+            (
+                "  log stdout format raw local0\n",
+                "  log global\n  option httplog\n",
+            )
+        } else {
+            ("", "")
+        };
+        format!(
+            "global\n  nbthread 1\n  maxconn 4096\n{global_log}\n\
+             defaults\n  mode http\n{log}  timeout connect 2s\n  timeout client 60s\n  timeout server 30s\n\
+             \x20 timeout http-keep-alive 300s\n  option http-keep-alive\n  http-reuse always\n\n\
+             frontend web\n\
+             \x20 bind 127.0.0.1:{http}\n\
+             \x20 bind 127.0.0.1:{h2c} proto h2\n\
+             \x20 bind 127.0.0.1:{tls} ssl crt {dir}/combined.pem ssl-min-ver TLSv1.3 alpn http/1.1\n\
+             \x20 unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
+             \x20 unique-id-header X-Request-Id\n\
+             \x20 http-response set-header X-Request-Id %[unique-id]\n\
+             \x20 option forwardfor\n\
+             \x20 http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}\n\
+             \x20 http-request set-header X-Forwarded-Proto http if !{{ ssl_fc }}\n\
+             \x20 http-request set-header X-Forwarded-Host %[req.hdr(host)]\n\
+             \x20 acl health path /healthz\n\
+             \x20 acl api path_beg /api\n\
+             \x20 acl static path_beg /static\n\
+             \x20 acl get method GET HEAD\n\
+             \x20 http-request return status 200 content-type text/plain string ok if health\n\
+             \x20 use_backend app if api\n\
+             \x20 use_backend app if static get\n\
+             \x20 default_backend no_route\n\n\
+             frontend metrics\n\
+             \x20 bind 127.0.0.1:{metrics}\n\
+             \x20 http-request use-service prometheus-exporter if {{ path /metrics }}\n\n\
+             backend app\n\
+             \x20 server s1 127.0.0.1:{up}\n\n\
+             backend no_route\n\
+             \x20 http-request return status 404 content-type text/plain string \"no route\"\n",
+            http = p.http,
+            h2c = p.h2c,
+            tls = p.tls,
+            metrics = p.metrics,
+            up = self.upstream_port,
+        )
+    }
+
+    fn start_proxy(&self, proxy: Proxy, access_log: bool) -> anyhow::Result<Running> {
+        let suffix = if access_log { "-log" } else { "" };
+        let name = proxy.name();
+        let r = match proxy {
+            Proxy::LbGateway => {
+                let path = self.dir.join(format!("gateway{suffix}.toml"));
+                fs::write(&path, self.gateway_config(access_log))?;
+                let mut cmd = pinned(PROXY_CPU, &self.gateway_bin.display().to_string());
+                cmd.args(["run", "--worker-threads", "1", "--config"])
+                    .arg(&path);
+                Running::start(
+                    name,
+                    &mut cmd,
+                    &self.dir.join(format!("gateway{suffix}.out")),
+                )?
+            }
+            Proxy::Nginx => {
+                let path = self.dir.join(format!("nginx{suffix}.conf"));
+                fs::write(&path, self.nginx_config(access_log))?;
+                let mut cmd = pinned(PROXY_CPU, "nginx");
+                cmd.arg("-p").arg(&self.dir).arg("-c").arg(&path);
+                Running::start(name, &mut cmd, &self.dir.join(format!("nginx{suffix}.out")))?
+            }
+            Proxy::Haproxy => {
+                let path = self.dir.join(format!("haproxy{suffix}.cfg"));
+                fs::write(&path, self.haproxy_config(access_log))?;
+                let mut cmd = pinned(PROXY_CPU, "haproxy");
+                cmd.arg("-db").arg("-f").arg(&path);
+                Running::start(
+                    name,
+                    &mut cmd,
+                    &self.dir.join(format!("haproxy{suffix}.out")),
+                )?
+            }
+        };
+        let p = self.ports(proxy);
+        for port in [p.http, p.h2c, p.tls, p.metrics] {
+            wait_listening(port, name)?;
+        }
+        Ok(r)
+    }
+
+    /// The load command of a case against a proxy, for `seconds`.
+    fn load_command(&self, case: Case, proxy: Proxy, seconds: u64) -> Vec<String> {
+        let p = self.ports(proxy);
+        let (c, d) = (CONNECTIONS, seconds);
+        let line = match case {
+            Case::Http1 | Case::AccessLog => {
+                format!(
+                    "wrk -t1 -c {c} -d {d}s --latency http://127.0.0.1:{}{PATH}",
+                    p.http
+                )
+            }
+            Case::Tls13 => {
+                format!(
+                    "wrk -t1 -c {c} -d {d}s --latency https://127.0.0.1:{}{PATH}",
+                    p.tls
+                )
+            }
+            Case::H2c => format!(
+                "h2load -t1 -c {c} -m1 -D {d} http://127.0.0.1:{}{PATH}",
+                p.h2c
+            ),
+            Case::FixedRate => format!(
+                "h2load --h1 -t1 -c {c} --rps {} -D {d} http://127.0.0.1:{}{PATH}",
+                FIXED_RATE / CONNECTIONS,
+                p.http
+            ),
+        };
+        line.split_whitespace().map(str::to_owned).collect()
+    }
+
+    /// One bounded load run; returns the tool's output and the proxy's CPU use.
+    fn load(
+        &self,
+        case: Case,
+        proxy: Proxy,
+        running: &Running,
+        seconds: u64,
+    ) -> anyhow::Result<(String, f64)> {
+        let args = self.load_command(case, proxy, seconds);
+        let mut cmd = Command::new("timeout");
+        cmd.arg((seconds + 30).to_string())
+            .args(["taskset", "-c", LOAD_CPU])
+            .args(&args);
+        let ticks_before = running.cpu_ticks();
+        let started = Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("running {}", args.join(" ")))?;
+        let wall = started.elapsed().as_secs_f64();
+        let ticks = running.cpu_ticks().saturating_sub(ticks_before);
+        if !out.status.success() {
+            bail!(
+                "{} failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        let hz: f64 = shell::output("getconf", &["CLK_TCK"])
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(100.0);
+        let cpu = ticks as f64 / hz / wall * 100.0;
+        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), cpu))
+    }
+
+    fn measure(&self, cases: &[Case]) -> anyhow::Result<Report> {
+        let _upstream = self.start_upstream()?;
+        let mut reports = Vec::new();
+        for access_log in [false, true] {
+            let group: Vec<Case> = cases
+                .iter()
+                .copied()
+                .filter(|c| (*c == Case::AccessLog) == access_log)
+                .collect();
+            if group.is_empty() {
+                continue;
+            }
+            let mut running = Vec::new();
+            for proxy in Proxy::ALL {
+                running.push((proxy, self.start_proxy(proxy, access_log)?));
+            }
+            for case in group {
+                shell::step(&format!("bench l7: {}", case.title()));
+                reports.push(self.measure_case(case, &running)?);
+            }
+        }
+        let mut configs = std::collections::BTreeMap::new();
+        if let Ok(entries) = fs::read_dir(&self.dir) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if [".conf", ".toml", ".cfg"].iter().any(|x| name.ends_with(x)) {
+                    configs.insert(name, fs::read_to_string(e.path()).unwrap_or_default());
+                }
+            }
+        }
+        Ok(Report {
+            machine: machine(),
+            versions: versions(),
+            seconds_per_run: self.seconds,
+            runs: RUNS,
+            cases: reports,
+            configs,
+        })
+    }
+
+    fn measure_case(&self, case: Case, running: &[(Proxy, Running)]) -> anyhow::Result<CaseReport> {
+        for (proxy, r) in running {
+            self.load(case, *proxy, r, WARM_UP.as_secs())?;
+        }
+        let mut runs: Vec<(Proxy, Vec<Run>)> =
+            running.iter().map(|(p, _)| (*p, Vec::new())).collect();
+        for round in 0..RUNS {
+            for (i, (proxy, r)) in running.iter().enumerate() {
+                let (out, cpu) = self.load(case, *proxy, r, self.seconds)?;
+                let run = parse_run(case, &out, cpu).with_context(|| {
+                    format!("cannot parse the output of {}:\n{out}", proxy.name())
+                })?;
+                println!(
+                    "  round {} {:<10} {:>9.0} req/s  p99 {:>8}  mean {:>8}  cpu {:>5.1}%  errors {}",
+                    round + 1,
+                    proxy.name(),
+                    run.requests_per_second,
+                    run.p99_ms.map_or("-".into(), |v| format!("{v:.2}ms")),
+                    run.mean_ms.map_or("-".into(), |v| format!("{v:.2}ms")),
+                    run.cpu_percent,
+                    run.errors
+                );
+                runs[i].1.push(run);
+            }
+        }
+        let results: Vec<Measured> = runs
+            .into_iter()
+            .map(|(proxy, runs)| {
+                let pick = |f: &dyn Fn(&Run) -> Option<f64>| {
+                    let mut v: Vec<f64> = runs.iter().filter_map(f).collect();
+                    (!v.is_empty()).then(|| median(&mut v))
+                };
+                Measured {
+                    proxy,
+                    median_requests_per_second: pick(&|r| Some(r.requests_per_second))
+                        .unwrap_or(f64::NAN),
+                    median_p99_ms: pick(&|r| r.p99_ms),
+                    median_mean_ms: pick(&|r| r.mean_ms),
+                    median_cpu_percent: pick(&|r| Some(r.cpu_percent)).unwrap_or(f64::NAN),
+                    median_cpu_us_per_request: pick(&|r| {
+                        Some(r.cpu_percent * 10_000.0 / r.requests_per_second)
+                    })
+                    .unwrap_or(f64::NAN),
+                    runs,
+                }
+            })
+            .collect();
+        let get = |p: Proxy| results.iter().find(|m| m.proxy == p);
+        let ratio = |other: Proxy| {
+            let (gw, o) = (get(Proxy::LbGateway)?, get(other)?);
+            Some(if case == Case::FixedRate {
+                gw.median_cpu_percent / o.median_cpu_percent
+            } else {
+                gw.median_requests_per_second / o.median_requests_per_second
+            })
+        };
+        Ok(CaseReport {
+            case,
+            title: case.title(),
+            command: self
+                .load_command(case, Proxy::LbGateway, self.seconds)
+                .join(" "),
+            ratio_to_nginx: ratio(Proxy::Nginx),
+            ratio_to_haproxy: ratio(Proxy::Haproxy),
+            results,
+        })
+    }
+}
+
+/// Reads one run's figures from wrk or h2load output.
+fn parse_run(case: Case, out: &str, cpu: f64) -> Option<Run> {
+    match case {
+        Case::H2c | Case::FixedRate => {
+            let finished = out
+                .lines()
+                .find(|l| l.trim_start().starts_with("finished in"))?;
+            let rps = finished
+                .split(',')
+                .nth(1)?
+                .trim()
+                .strip_suffix("req/s")?
+                .trim()
+                .parse()
+                .ok()?;
+            let requests = out
+                .lines()
+                .find(|l| l.trim_start().starts_with("requests:"))?;
+            let count = |what: &str| -> Option<u64> {
+                requests
+                    .split(',')
+                    .find(|p| p.trim().ends_with(what))?
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()
+            };
+            let status = out
+                .lines()
+                .find(|l| l.trim_start().starts_with("status codes:"))?;
+            let non_2xx: u64 = status
+                .split(',')
+                .filter(|p| !p.contains("2xx"))
+                .filter_map(|p| p.split_whitespace().rev().nth(1)?.parse::<u64>().ok())
+                .sum();
+            let mean = out
+                .lines()
+                .find(|l| l.trim_start().starts_with("time for request:"))
+                .and_then(|l| l.split_whitespace().nth(5))
+                .and_then(duration_ms);
+            Some(Run {
+                requests_per_second: rps,
+                p99_ms: None,
+                mean_ms: mean,
+                cpu_percent: cpu,
+                errors: count("failed")? + count("errored")? + count("timeout")? + non_2xx,
+            })
+        }
+        Case::Http1 | Case::AccessLog | Case::Tls13 => {
+            let rps = out
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Requests/sec:"))?
+                .trim()
+                .parse()
+                .ok()?;
+            let p99 = out
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("99%"))
+                .and_then(|v| duration_ms(v.trim()));
+            let non_2xx: u64 = out
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Non-2xx or 3xx responses:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            let socket: u64 = out
+                .lines()
+                .find_map(|l| l.trim().strip_prefix("Socket errors:"))
+                .map(|v| {
+                    v.split(',')
+                        .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
+                        .sum()
+                })
+                .unwrap_or(0);
+            Some(Run {
+                requests_per_second: rps,
+                p99_ms: Some(p99?),
+                mean_ms: None,
+                cpu_percent: cpu,
+                errors: non_2xx + socket,
+            })
+        }
+    }
+}
+
+/// `812.00us`, `1.23ms`, `2.00s` -> milliseconds.
+fn duration_ms(text: &str) -> Option<f64> {
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+    let (n, unit) = text.split_at(split);
+    let n: f64 = n.parse().ok()?;
+    match unit {
+        "us" => Some(n / 1000.0),
+        "ms" => Some(n),
+        "s" => Some(n * 1000.0),
+        _ => None,
+    }
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cpus = std::thread::available_parallelism().map_or(0, usize::from);
+    let kernel = shell::output("uname", &["-r"]).unwrap_or_default();
+    format!("{cpus} x {cpu}, Linux {}", kernel.trim())
+}
+
+fn versions() -> Vec<String> {
+    let first_line = |program: &str, args: &[&str]| -> String {
+        let out = Command::new(program).args(args).output();
+        match out {
+            Ok(o) => {
+                let text = [o.stdout, o.stderr].concat();
+                String::from_utf8_lossy(&text)
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_owned()
+            }
+            Err(_) => format!("{program}: not found"),
+        }
+    };
+    vec![
+        first_line("nginx", &["-v"]),
+        first_line("haproxy", &["-v"]),
+        first_line("wrk", &["-v"]),
+        first_line("h2load", &["--version"]),
+        first_line("rustc", &["-V"]),
+    ]
+}
+
+/// The results as text tables.
+fn render(report: &Report) -> String {
+    let mut s = String::new();
+    s.push_str(&format!(
+        "\nbench l7: {} ({} runs of {} s per case and proxy, medians)\n",
+        report.machine, report.runs, report.seconds_per_run
+    ));
+    for c in &report.cases {
+        s.push_str(&format!("\n{}\n  command: {}\n", c.title, c.command));
+        s.push_str(&format!(
+            "  {:<11} {:>10} {:>10} {:>10} {:>8} {:>10}\n",
+            "proxy", "req/s", "p99 ms", "mean ms", "cpu %", "cpu us/req"
+        ));
+        for m in &c.results {
+            let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
+            s.push_str(&format!(
+                "  {:<11} {:>10.0} {:>10} {:>10} {:>8.1} {:>10.1}\n",
+                m.proxy.name(),
+                m.median_requests_per_second,
+                opt(m.median_p99_ms),
+                opt(m.median_mean_ms),
+                m.median_cpu_percent,
+                m.median_cpu_us_per_request
+            ));
+        }
+        let what = if c.case == Case::FixedRate {
+            "CPU use"
+        } else {
+            "req/s"
+        };
+        let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}x"));
+        s.push_str(&format!(
+            "  lb-gateway {what}: {} NGINX's, {} HAProxy's\n",
+            opt(c.ratio_to_nginx),
+            opt(c.ratio_to_haproxy)
+        ));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_wrk_output() {
+        let out = "Running 10s test @ http://127.0.0.1:1/\n  1 threads and 50 connections\n  Latency Distribution\n     50%  500.00us\n     99%    1.50ms\n  100 requests in 10.00s, 1.00MB read\n  Non-2xx or 3xx responses: 2\n  Socket errors: connect 0, read 1, write 0, timeout 3\nRequests/sec:  12345.67\nTransfer/sec:      1.23MB\n";
+        let r = parse_run(Case::Http1, out, 50.0).unwrap();
+        assert!((r.requests_per_second - 12345.67).abs() < 1e-9);
+        assert_eq!(r.p99_ms, Some(1.5));
+        assert_eq!(r.errors, 6);
+    }
+
+    #[test]
+    fn parses_h2load_output() {
+        let out = "finished in 10.00s, 20000.10 req/s, 1.23MB/s\nrequests: 200001 total, 200001 started, 200001 done, 199999 succeeded, 2 failed, 1 errored, 0 timeout\nstatus codes: 199999 2xx, 0 3xx, 0 4xx, 4 5xx\ntime for request:      100us      4.00ms       250us       50us    90.00%\n";
+        let r = parse_run(Case::FixedRate, out, 20.0).unwrap();
+        assert!((r.requests_per_second - 20000.1).abs() < 1e-9);
+        assert_eq!(r.mean_ms, Some(0.25));
+        assert_eq!(r.errors, 7);
+    }
+
+    #[test]
+    fn parses_proc_stat() {
+        let f = parse_stat("42 (a b) c) S 7 1 1 0 -1 0 0 0 0 0 150 25 0 0 20 0 1 0").unwrap();
+        assert_eq!((f.ppid, f.ticks), (7, 175));
+    }
+
+    #[test]
+    fn medians() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0]), 2.5);
+    }
+}
