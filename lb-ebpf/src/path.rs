@@ -469,11 +469,9 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8, len: u64) -> Option<Step> {
             // SAFETY: as above.
             unsafe { (*s).new_flows += 1 };
         }
-        if conntrack {
-            // A failed insert (out of memory) only costs the flow its pinning; the ring
-            // gives the same gateway while the ring is unchanged.
-            let _ = FLOWS.insert(key, FlowValue { gateway: gw }, 0);
-        }
+        // A failed insert only costs the flow its pinning: the ring gives the same
+        // gateway while it is unchanged. Nothing else to do about it here.
+        if conntrack && FLOWS.insert(key, FlowValue { gateway: gw }, 0).is_err() {}
     }
     Some(Step::Forward { gw, icmp: false })
 }

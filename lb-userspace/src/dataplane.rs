@@ -263,6 +263,14 @@ impl Dataplane {
         a.set(id, gw, 0).map_err(map_err(name))
     }
 
+    /// Gateway `id` as the map holds it.
+    pub fn gateway(&self, id: u32) -> Result<GatewayValue> {
+        check_range("gateway id", id, MAX_GATEWAYS)?;
+        let name = map_names::GATEWAYS;
+        let a = Array::<_, GatewayValue>::try_from(self.map(name)?).map_err(map_err(name))?;
+        a.get(&id, 0).map_err(map_err(name))
+    }
+
     /// Adds or replaces a VIP entry (a service, or an address entry with
     /// [`lb_common::datapath::VIP_F_ADDRESS`]). Write the VIP's ring first.
     ///

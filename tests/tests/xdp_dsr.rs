@@ -65,7 +65,11 @@ use lb_tests::{
     privileged::require_root,
     xdp::ring_of,
 };
-use lb_userspace::dataplane::{AttachMode, AttachedMode, Dataplane, LoadOptions};
+use lb_userspace::{
+    agent::l4::{DesiredL4, L4Dataplane as _, L4Gateway, L4Protocol, L4Service},
+    dataplane::{AttachMode, AttachedMode, Dataplane, LoadOptions},
+    xdp_l4::XdpL4,
+};
 
 const VIP4: Ipv4Addr = Ipv4Addr::new(10, 81, 0, 100);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd81, 0, 0, 0, 0, 0, 0, 0x100);
@@ -537,6 +541,81 @@ impl Dsr {
         })
     }
 
+    /// The same lab, but every node's maps are written by the agent's L4 writer
+    /// (`lb_userspace::xdp_l4::XdpL4`) from one `DesiredL4` per node, as `lb-agent run`
+    /// does: gateway MACs come from the kernel's neighbour table, VIP ids and address
+    /// entries from the service list.
+    fn up_via_agent_writer(prefix: &str) -> anyhow::Result<Dsr> {
+        let lab = Lab::up(prefix, lab_specs()?)?;
+        let ring = ring_of(&GATEWAYS)?;
+        let desired = |local: Option<&str>| -> anyhow::Result<DesiredL4> {
+            let me = lab.host(local.unwrap_or("lb"))?;
+            let mut gateways = Vec::new();
+            for id in GATEWAYS {
+                let host = lab.host(&format!("gw{id}"))?;
+                gateways.push(L4Gateway {
+                    id,
+                    name: host.name.clone(),
+                    ipv4: v4_of(host),
+                    ipv6: Some(v6_of(host)),
+                    local: Some(host.name.as_str()) == local,
+                });
+            }
+            Ok(DesiredL4 {
+                local_ipv4: Some(v4_of(me)),
+                local_ipv6: Some(v6_of(me)),
+                gateways,
+                services: vips()
+                    .into_iter()
+                    .map(|vip| L4Service {
+                        vip,
+                        port: PORT,
+                        protocol: L4Protocol::Tcp,
+                        ring: ring.clone(),
+                    })
+                    .collect(),
+            })
+        };
+        let attach = |host: &str, d: DesiredL4| -> anyhow::Result<Dataplane> {
+            lab.in_host(host, move || -> anyhow::Result<Dataplane> {
+                let mut l4 = XdpL4::attach(
+                    "eth0",
+                    AttachMode::Native,
+                    &LoadOptions {
+                        flow_table_size: FLOW_TABLE,
+                    },
+                )?;
+                l4.apply(&d)?;
+                // Applying the same state again is a no-op and succeeds.
+                l4.apply(&d)?;
+                ensure!(l4.attached(), "attached");
+                Ok(l4.into_dataplane())
+            })?
+        };
+        let mut gateways = Vec::new();
+        for id in GATEWAYS {
+            let name = format!("gw{id}");
+            gateways.push(attach(&name, desired(Some(&name))?)?);
+        }
+        let lb = attach("lb", desired(None)?)?;
+        // The LB resolved every gateway's MAC from its neighbour table.
+        for id in GATEWAYS {
+            let mac = lab.host(&format!("gw{id}"))?.mac;
+            let written = lb.gateway(id)?;
+            ensure!(
+                written.mac == mac && written.flags & GW_F_VALID != 0,
+                "gateway {id}: {written:?}, expected MAC {mac:02x?}"
+            );
+        }
+        let servers = Servers::start(&lab)?;
+        Ok(Dsr {
+            servers,
+            lb,
+            gateways,
+            lab,
+        })
+    }
+
     fn write_ring(&mut self, ring: &[u32]) -> anyhow::Result<()> {
         for id in [VIP_ID4, VIP_ID6] {
             self.lb.write_ring(id, ring)?;
@@ -673,6 +752,21 @@ fn dsr_connections_follow_the_maglev_ring() {
     }
     let started = Instant::now();
     let dsr = Dsr::up("lbtdsr").unwrap();
+    follow_the_ring(&dsr);
+    eprintln!("took {:?}", started.elapsed());
+}
+
+/// The same through the agent's L4 writer: `XdpL4::apply` of a `DesiredL4` on every node.
+#[test]
+fn dsr_through_the_agent_l4_writer() {
+    if !require_root("dsr_through_the_agent_l4_writer") {
+        return;
+    }
+    let dsr = Dsr::up_via_agent_writer("lbtdsra").unwrap();
+    follow_the_ring(&dsr);
+}
+
+fn follow_the_ring(dsr: &Dsr) {
     let ring = ring_of(&GATEWAYS).unwrap();
 
     for vip in vips() {
@@ -710,7 +804,6 @@ fn dsr_connections_follow_the_maglev_ring() {
     }
     dsr.check_tunnel_balanced().unwrap();
     dsr.check_no_drops().unwrap();
-    eprintln!("took {:?}", started.elapsed());
 }
 
 #[test]

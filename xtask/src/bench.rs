@@ -23,6 +23,14 @@ pub enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         calls: u32,
     },
+    /// VRRP failover: client outage and VIP-ownership time for crash and graceful
+    /// handover, lb-agent and keepalived side by side, then a soak with both cores busy
+    /// counting false takeovers (root; see xtask/src/bench_failover.rs).
+    Failover {
+        /// Also write the results as JSON.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// lb-gateway against NGINX and HAProxy: req/s, p99 and CPU (see xtask/src/bench_l7.rs).
     L7 {
         /// Also write the results as JSON.
@@ -54,6 +62,10 @@ pub fn run(which: Bench) -> anyhow::Result<()> {
                 args.extend(["--json", p]);
             }
             crate::shell::cargo(&args)
+        }
+        Bench::Failover { json } => {
+            crate::setup::run()?;
+            crate::bench_failover::run(json.as_deref())
         }
         Bench::L7 { json } => crate::bench_l7::run(json.as_deref()),
     }

@@ -9,6 +9,7 @@
 )]
 
 mod bench;
+mod bench_failover;
 mod bench_l7;
 mod bench_maglev;
 mod setup;
@@ -66,7 +67,16 @@ fn main() -> anyhow::Result<()> {
         Command::Test { args } => test(&args),
         Command::Demo { keep } => {
             setup::run()?;
-            shell::cargo(&["build", "-p", "lb-userspace", "-p", "lb-tests", "--bins"])?;
+            shell::cargo(&[
+                "build",
+                "-p",
+                "lb-userspace",
+                "-p",
+                "lb-gateway",
+                "-p",
+                "lb-tests",
+                "--bins",
+            ])?;
             let mut args = vec!["demo"];
             if keep {
                 args.push("--keep");
