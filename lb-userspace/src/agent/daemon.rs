@@ -328,6 +328,8 @@ impl Daemon {
                 reply,
             } => {
                 let result = self.change(&gateway, change);
+                // The snapshot (status, ring) shows the change before it is acknowledged.
+                self.publish();
                 if reply.send(result).is_err() {
                     tracing::debug!("change requester went away");
                 }
