@@ -92,10 +92,13 @@ fn interop(prefix: &str, net: u8, v6: bool, agent_high: bool) {
         // A killed agent leaves its VIP behind; the link cut stands for the dead host.
         lab.cut_link("node1").unwrap();
     } else {
-        // keepalived's VRRP work runs in a child process: kill everything in the host.
+        // Cut the link first: keepalived's VRRP work runs in a child process that gets
+        // SIGTERM when its parent dies and then sends a priority-0 advert on the way out,
+        // which would turn the death into a clean handover.
+        lab.cut_link("node2").unwrap();
+        // Then kill everything in the host.
         lab.kill_processes("node2").unwrap();
         ka.sigkill();
-        lab.cut_link("node2").unwrap();
     }
     let took = wait_until(
         &format!("{loser} detects the death and takes over"),
