@@ -2,8 +2,8 @@
 
 use std::any::Any;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use http::HeaderValue;
 
@@ -26,6 +26,9 @@ pub struct ConnInfo {
     /// `Forwarded` (made once per connection).
     pub forwarded_for: HeaderValue,
     pub forwarded: Arc<str>,
+    /// The host-dependent forwarding values of the last host seen on this connection (the
+    /// host rarely changes on a connection, so they are built once, not per request).
+    host_values: Arc<Mutex<Option<HostValues>>>,
     /// Keeps the connection counted (its `max_connections` slot and the active-connection
     /// gauge) for as long as a clone lives, so a tunnel that outlives the HTTP connection
     /// still counts.
@@ -51,14 +54,58 @@ impl ConnInfo {
             forwarded_for: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded: Arc::from(forwarded),
+            host_values: Arc::default(),
             hold,
         }
+    }
+
+    /// `X-Forwarded-Host` and this hop's `Forwarded` element (`for=...;proto=...;host=...`)
+    /// for a request to `host`; `None` where the host cannot be written in that header.
+    pub fn host_values(&self, host: Option<&str>) -> (Option<HeaderValue>, Option<HeaderValue>) {
+        let mut cache = self
+            .host_values
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(c) = cache.as_ref()
+            && c.host.as_deref() == host
+        {
+            return (c.forwarded_host.clone(), c.forwarded.clone());
+        }
+        let forwarded_host = host.and_then(|h| HeaderValue::from_str(h).ok());
+        let quotable = host.filter(|h| {
+            h.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
+        });
+        let mut fwd =
+            String::with_capacity(self.forwarded.len() + 6 + quotable.map_or(0, str::len));
+        fwd.push_str(&self.forwarded);
+        if let Some(h) = quotable {
+            fwd.push_str(";host=");
+            fwd.push_str(h);
+        }
+        let forwarded = HeaderValue::from_str(&fwd).ok();
+        let values = HostValues {
+            host: host.map(Box::from),
+            forwarded_host,
+            forwarded,
+        };
+        let out = (values.forwarded_host.clone(), values.forwarded.clone());
+        *cache = Some(values);
+        out
     }
 
     /// Whether ambiguous framing was seen on this connection.
     pub fn framing_is_ambiguous(&self) -> bool {
         self.ambiguous_framing.load(Ordering::Acquire)
     }
+}
+
+/// See [`ConnInfo::host_values`].
+#[derive(Debug)]
+struct HostValues {
+    host: Option<Box<str>>,
+    forwarded_host: Option<HeaderValue>,
+    forwarded: Option<HeaderValue>,
 }
 
 /// Something kept alive while the connection (or its tunnel) lives.

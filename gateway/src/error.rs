@@ -52,14 +52,14 @@ pub enum ProxyError {
         upstream: String,
         member: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("upstream `{upstream}` member {member}: request failed: {source}")]
     UpstreamRequest {
         upstream: String,
         member: String,
         #[source]
-        source: hyper_util::client::legacy::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("upstream `{upstream}` member {member}: no response within {timeout:?}")]
     TryTimeout {

@@ -60,31 +60,30 @@ impl FramingGuard {
                     }
                     // Only a line feed can end the block: look at those, with the bytes
                     // before them from the buffer or from `data`.
-                    let end = data
-                        .iter()
-                        .enumerate()
-                        .filter(|(_, b)| **b == b'\n')
-                        .find_map(|(i, _)| {
-                            let before = |back: usize| -> Option<u8> {
-                                if back <= i {
-                                    Some(data[i - back])
-                                } else {
-                                    let k = back - i;
-                                    self.buf.len().checked_sub(k).map(|j| self.buf[j])
-                                }
-                            };
-                            let lf_lf = before(1) == Some(b'\n');
-                            let crlf_crlf = before(1) == Some(b'\r')
-                                && before(2) == Some(b'\n')
-                                && before(3) == Some(b'\r');
-                            (lf_lf || crlf_crlf).then_some(i)
-                        });
+                    let mut from = 0;
+                    let mut end = None;
+                    while let Some(off) = data[from..].iter().position(|b| *b == b'\n') {
+                        let i = from + off;
+                        if self.ends_block(data, i) {
+                            end = Some(i);
+                            break;
+                        }
+                        from = i + 1;
+                    }
                     match end {
                         Some(i) => {
-                            self.buf.extend_from_slice(&data[..=i]);
+                            // The whole block in `data` (the usual case): no copy.
+                            let (state, ambiguous) = if self.buf.is_empty() {
+                                header_block_state(&data[..=i])
+                            } else {
+                                self.buf.extend_from_slice(&data[..=i]);
+                                let verdict = header_block_state(&self.buf);
+                                self.buf.clear();
+                                verdict
+                            };
+                            self.ambiguous |= ambiguous;
+                            self.state = state;
                             data = &data[i + 1..];
-                            self.state = self.end_of_headers();
-                            self.buf.clear();
                         }
                         None => {
                             self.buf.extend_from_slice(data);
@@ -140,37 +139,21 @@ impl FramingGuard {
         self.ambiguous
     }
 
-    fn end_of_headers(&mut self) -> State {
-        let mut content_length: Option<u64> = None;
-        let mut has_cl = false;
-        let mut te_chunked: Option<bool> = None;
-        for line in self.buf.split(|b| *b == b'\n').skip(1) {
-            let Some(colon) = line.iter().position(|b| *b == b':') else {
-                continue;
-            };
-            let name = line[..colon].trim_ascii();
-            let value = line[colon + 1..].trim_ascii();
-            if name.eq_ignore_ascii_case(b"content-length") {
-                has_cl = true;
-                content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-                let last = value
-                    .rsplit(|b| *b == b',')
-                    .next()
-                    .unwrap_or(b"")
-                    .trim_ascii();
-                te_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+    /// Whether the line feed at `data[i]` ends a header block (an empty line, `\n\n` or
+    /// `\r\n\r\n`), looking back into the buffered start of the block when needed.
+    fn ends_block(&self, data: &[u8], i: usize) -> bool {
+        let before = |back: usize| -> Option<u8> {
+            if back <= i {
+                Some(data[i - back])
+            } else {
+                let k = back - i;
+                self.buf.len().checked_sub(k).map(|j| self.buf[j])
             }
-        }
-        if has_cl && te_chunked.is_some() {
-            self.ambiguous = true;
-        }
-        match (te_chunked, content_length, has_cl) {
-            (Some(true), _, _) => State::ChunkSize,
-            (Some(false), _, _) | (None, None, true) => State::Stopped,
-            (None, Some(0), _) | (None, None, false) => State::Headers,
-            (None, Some(n), _) => State::Fixed(n),
-        }
+        };
+        let lf_lf = before(1) == Some(b'\n');
+        let crlf_crlf =
+            before(1) == Some(b'\r') && before(2) == Some(b'\n') && before(3) == Some(b'\r');
+        lf_lf || crlf_crlf
     }
 
     fn end_of_line(&mut self) -> State {
@@ -189,6 +172,47 @@ impl FramingGuard {
             _ => State::Trailers,
         }
     }
+}
+
+/// The state after a complete header block, and whether it names both `Content-Length` and
+/// `Transfer-Encoding`.
+fn header_block_state(block: &[u8]) -> (State, bool) {
+    let mut content_length: Option<u64> = None;
+    let mut has_cl = false;
+    let mut te_chunked: Option<bool> = None;
+    for line in block.split(|b| *b == b'\n').skip(1) {
+        // Only the two names matter: skip other lines on their first byte.
+        if !matches!(
+            line.trim_ascii_start().first(),
+            Some(b'c' | b'C' | b't' | b'T')
+        ) {
+            continue;
+        }
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = line[..colon].trim_ascii();
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            has_cl = true;
+            content_length = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            let last = value
+                .rsplit(|b| *b == b',')
+                .next()
+                .unwrap_or(b"")
+                .trim_ascii();
+            te_chunked = Some(last.eq_ignore_ascii_case(b"chunked"));
+        }
+    }
+    let ambiguous = has_cl && te_chunked.is_some();
+    let state = match (te_chunked, content_length, has_cl) {
+        (Some(true), _, _) => State::ChunkSize,
+        (Some(false), _, _) | (None, None, true) => State::Stopped,
+        (None, Some(0), _) | (None, None, false) => State::Headers,
+        (None, Some(n), _) => State::Fixed(n),
+    };
+    (state, ambiguous)
 }
 
 #[cfg(test)]

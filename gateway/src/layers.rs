@@ -56,12 +56,12 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let id = crate::trace::request_id(req.headers().get(REQUEST_ID));
-        req.headers_mut().insert(REQUEST_ID, id.clone());
+        let id = crate::trace::request_id(req.headers().get(&REQUEST_ID));
+        req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut res = fut.await?;
-            res.headers_mut().insert(REQUEST_ID, id);
+            res.headers_mut().insert(REQUEST_ID.clone(), id);
             Ok(res)
         })
     }
@@ -232,10 +232,10 @@ where
             .access_log
             .load(std::sync::atomic::Ordering::Relaxed)
             .then(|| AccessFields {
-                request_id: header_string(req.headers().get(REQUEST_ID)).unwrap_or_default(),
+                request_id: header_string(req.headers().get(&REQUEST_ID)).unwrap_or_default(),
                 trace_id: req
                     .headers()
-                    .get(TRACEPARENT)
+                    .get(&TRACEPARENT)
                     .and_then(|v| v.to_str().ok())
                     .and_then(TraceParent::parse)
                     .map(|t| t.trace_id),
@@ -250,7 +250,7 @@ where
         let method = req.method().clone();
         // Debug level: at the default level the span costs nothing; error events carry the
         // request id themselves.
-        let span = tracing::debug_span!("request", request_id = ?req.headers().get(REQUEST_ID), method = %method, path = %req.uri().path());
+        let span = tracing::debug_span!("request", request_id = ?req.headers().get(&REQUEST_ID), method = %method, path = %req.uri().path());
         let state = Arc::clone(&self.state);
         state.metrics.in_flight_requests.inc();
         let in_flight = InFlightGauge(state.metrics.in_flight_requests.clone());
@@ -353,7 +353,7 @@ where
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let log = req.extensions().get::<RequestLog>().cloned();
-        let request_id = req.headers().get(REQUEST_ID).cloned();
+        let request_id = req.headers().get(&REQUEST_ID).cloned();
         let fut = self.inner.call(req);
         Box::pin(async move {
             match fut.await {

@@ -8,6 +8,7 @@
 
 pub mod accesslog;
 pub mod admin;
+pub mod allocator;
 pub mod body;
 pub mod config;
 pub mod conn;

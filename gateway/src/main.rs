@@ -9,9 +9,10 @@ use lb_gateway::server::{self, Gateway, StartError};
 use tokio::signal::unix::{SignalKind, signal};
 
 // A request allocates and frees many small objects across tasks; mimalloc's per-thread free
-// lists cost a fraction of glibc malloc's (measured with `cargo xtask bench l7`).
+// lists cost a fraction of glibc malloc's (measured with `cargo xtask bench l7`); see
+// `allocator` for why it is not `mimalloc::MiMalloc` itself.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: lb_gateway::allocator::Allocator = lb_gateway::allocator::Allocator;
 
 /// Exit code for every configuration error (sysexits EX_USAGE), as the house rules say.
 const EXIT_CONFIG: u8 = 64;

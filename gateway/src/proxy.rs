@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::accesslog::RequestLog;
-use crate::body::{self, ResponseBody, TrackedBody};
+use crate::body::{self, RequestBody, ResponseBody, TrackedBody};
 use crate::config::{HashSource, RouteAction, RouteConfig, UpstreamProtocol};
 use crate::conn::ConnInfo;
 use crate::entropy;
@@ -36,7 +36,11 @@ use crate::server::Shared;
 use crate::snapshot::Snapshot;
 use crate::trace::TRACEPARENT;
 use crate::upstream::client::ConnectionUses;
-use crate::upstream::{AttemptOutcome, Upstream};
+use crate::upstream::pool::{Lease, SendError};
+use crate::upstream::{AttemptOutcome, Member, Upstream};
+
+/// The name lengths of [`HOP_BY_HOP`] (a cheap first test).
+const HOP_BY_HOP_LENGTHS: [usize; 6] = [2, 7, 10, 16, 17, 18];
 
 /// Headers that describe one connection and are never forwarded.
 static HOP_BY_HOP: [HeaderName; 8] = [
@@ -206,20 +210,46 @@ async fn handle(
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    // One pass over the (few) headers to see which hop-by-hop names are present: comparing
+    // names is cheaper than hashing each of them for a lookup, and most messages carry none
+    // or only `Connection`.
+    let mut present = [false; HOP_BY_HOP.len()];
+    let mut any = false;
+    for name in headers.keys() {
+        // A length test first: most names have none of the hop-by-hop lengths.
+        let n = name.as_str().len();
+        if HOP_BY_HOP_LENGTHS.contains(&n)
+            && let Some(i) = HOP_BY_HOP.iter().position(|h| h == name)
+        {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    // HOP_BY_HOP[0] is `Connection`: remove the headers it lists too. `keep-alive`, the usual
+    // token, is one of HOP_BY_HOP already, so a lone `keep-alive` needs no list.
+    let only_keep_alive = || {
+        let mut values = headers.get_all(header::CONNECTION).iter();
+        matches!((values.next(), values.next()), (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"keep-alive"))
+    };
+    if present[0] && !only_keep_alive() {
         let listed: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+            .map(str::trim)
+            .filter(|t| !t.eq_ignore_ascii_case("keep-alive"))
+            .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
             .collect();
         for name in listed {
             headers.remove(name);
         }
     }
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
+    for (name, present) in HOP_BY_HOP.iter().zip(present) {
+        if present {
             headers.remove(name);
         }
     }
@@ -251,20 +281,11 @@ fn forwarding_headers(headers: &mut HeaderMap, conn: &ConnInfo, host: Option<&st
     let proto = if conn.tls { "https" } else { "http" };
     append_value(headers, X_FORWARDED_FOR.clone(), conn.forwarded_for.clone());
     headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(proto));
-    if let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok()) {
+    let (forwarded_host, forwarded) = conn.host_values(host);
+    if let Some(v) = forwarded_host {
         headers.insert(X_FORWARDED_HOST.clone(), v);
     }
-    let host = host.filter(|h| {
-        h.bytes()
-            .all(|b| b.is_ascii_graphic() && b != b'"' && b != b';' && b != b',')
-    });
-    let mut fwd = String::with_capacity(conn.forwarded.len() + 6 + host.map_or(0, str::len));
-    fwd.push_str(&conn.forwarded);
-    if let Some(h) = host {
-        fwd.push_str(";host=");
-        fwd.push_str(h);
-    }
-    if let Ok(v) = HeaderValue::from_str(&fwd) {
+    if let Some(v) = forwarded {
         append_value(headers, FORWARDED.clone(), v);
     }
 }
@@ -323,7 +344,7 @@ async fn forward(
         crate::config::Algorithm::ConsistentHash(src) => hash_key(src, &parts.headers, conn),
         _ => None,
     };
-    let traceparent = crate::trace::child_header(parts.headers.get(TRACEPARENT));
+    let traceparent = crate::trace::child_header(parts.headers.get(&TRACEPARENT));
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     if let Some(proto) = &upgrade {
@@ -338,7 +359,7 @@ async fn forward(
         headers.insert(header::HOST, v);
     }
     forwarding_headers(&mut headers, conn, host.as_deref());
-    headers.insert(TRACEPARENT, traceparent);
+    headers.insert(TRACEPARENT.clone(), traceparent);
     route.request_headers.apply(&mut headers);
     let path_and_query = match &route.rewrite {
         Some(rw) => {
@@ -409,7 +430,7 @@ async fn forward(
         let per_try = cfg.try_timeout.min(remaining);
         let sent = Instant::now();
         let span = tracing::debug_span!("upstream_attempt", upstream = name, member = %member.address, attempt);
-        let result = tokio::time::timeout(per_try, up.client.request(upstream_req))
+        let result = tokio::time::timeout(per_try, send_attempt(up, member, upstream_req))
             .instrument(span)
             .await;
         let done = Instant::now();
@@ -421,38 +442,33 @@ async fn forward(
             return Err(fault);
         }
         let (outcome_label, outcome, res) = match result {
-            Ok(Ok(res)) => {
+            Ok(Ok((res, reused, lease))) => {
                 member.record_latency(done - sent);
-                if let Some(uses) = res.extensions().get::<ConnectionUses>()
-                    && uses.record()
-                {
-                    metrics
-                        .upstream_pool_reused_requests_total
-                        .with_label_values(&[name])
-                        .inc();
+                if reused {
+                    up.pool_reused.inc();
                 }
                 if res.status().is_server_error() {
-                    ("http_5xx", AttemptOutcome::Failure, Ok(res))
+                    ("http_5xx", AttemptOutcome::Failure, Ok((res, lease)))
                 } else {
-                    ("success", AttemptOutcome::Success, Ok(res))
+                    ("success", AttemptOutcome::Success, Ok((res, lease)))
                 }
             }
-            Ok(Err(e)) if e.is_connect() => (
+            Ok(Err(AttemptError::Connect(source))) => (
                 "connect_error",
                 AttemptOutcome::Failure,
                 Err(ProxyError::Connect {
                     upstream: name.to_string(),
                     member: member.address.clone(),
-                    source: e,
+                    source,
                 }),
             ),
-            Ok(Err(e)) => (
+            Ok(Err(AttemptError::Request(source))) => (
                 "error",
                 AttemptOutcome::Failure,
                 Err(ProxyError::UpstreamRequest {
                     upstream: name.to_string(),
                     member: member.address.clone(),
-                    source: e,
+                    source,
                 }),
             ),
             Err(_elapsed) if done >= deadline => (
@@ -485,7 +501,7 @@ async fn forward(
         up.maybe_publish_health(metrics, done, ejected);
 
         let retryable = match &res {
-            Ok(r) => r.status().is_server_error() && idempotent,
+            Ok((r, _)) => r.status().is_server_error() && idempotent,
             Err(e) => e.retry_safe(idempotent),
         } && body.replayable();
         let attempts_left = attempt <= cfg.retry.max_retries && done < deadline;
@@ -503,8 +519,12 @@ async fn forward(
                 .with_label_values(&[name, "budget_exhausted"])
                 .inc();
         }
-        let mut res = res?;
+        let (mut res, lease) = res?;
         if res.status() == StatusCode::SWITCHING_PROTOCOLS {
+            // The connection becomes the tunnel; it never goes back to the pool.
+            if let Some(lease) = lease {
+                lease.discard();
+            }
             let (Some(proto), Some(client_upgrade)) = (upgrade, client_upgrade) else {
                 return Err(ProxyError::Internal(
                     "upstream tried to switch protocols".into(),
@@ -533,13 +553,50 @@ async fn forward(
         }
         let (mut parts, incoming) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
+        // The member stays busy, and its connection leased, until the body has ended.
         let body = body::boxed(TrackedBody::holding(
             incoming.map_err(body::BoxError::from).boxed(),
-            in_flight,
+            (in_flight, lease),
         ));
         let mut response = Response::from_parts(parts, body);
         *response.version_mut() = Version::HTTP_11;
         return Ok(response);
+    }
+}
+
+/// Why an attempt got no response head.
+enum AttemptError {
+    /// No connection to the member (nothing was sent).
+    Connect(Box<dyn std::error::Error + Send + Sync>),
+    /// The request failed on an open connection.
+    Request(Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Sends one attempt to `member`: through the upstream's HTTP/1.1 pool when it has one, else
+/// through its pooled hyper-util client. Returns the response head, whether the connection
+/// was reused, and the pool lease to hold until the response body ends.
+async fn send_attempt(
+    up: &Upstream,
+    member: &Arc<Member>,
+    req: Request<RequestBody>,
+) -> Result<(Response<Incoming>, bool, Option<Lease>), AttemptError> {
+    if let (Some(pool), Some(authority)) = (&up.pool, &member.authority) {
+        return match pool.send(member, authority, req).await {
+            Ok((res, reused, lease)) => Ok((res, reused, Some(lease))),
+            Err(SendError::Connect(e)) => Err(AttemptError::Connect(e)),
+            Err(SendError::Request(e)) => Err(AttemptError::Request(Box::new(e))),
+        };
+    }
+    match up.client.request(req).await {
+        Ok(res) => {
+            let reused = res
+                .extensions()
+                .get::<ConnectionUses>()
+                .is_some_and(ConnectionUses::record);
+            Ok((res, reused, None))
+        }
+        Err(e) if e.is_connect() => Err(AttemptError::Connect(Box::new(e))),
+        Err(e) => Err(AttemptError::Request(Box::new(e))),
     }
 }
 
@@ -607,6 +664,24 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn hop_by_hop_lengths_cover_every_name() {
+        for name in &HOP_BY_HOP {
+            assert!(HOP_BY_HOP_LENGTHS.contains(&name.as_str().len()), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_lone_keep_alive_connection_header_is_removed() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", HeaderValue::from_static("Keep-Alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("content-type", HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("content-type"));
     }
 
     #[test]

@@ -4,14 +4,14 @@
 //! else a random 128-bit hex id is generated. `traceparent` is propagated with a fresh
 //! parent id (this hop's span) when valid, else a new trace is started, sampled flag kept.
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 
 use crate::entropy;
 
-/// Header carrying the request id.
-pub const REQUEST_ID: &str = "x-request-id";
+/// Header carrying the request id (a parsed name, so that lookups do not parse it again).
+pub static REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 /// W3C trace context header.
-pub const TRACEPARENT: &str = "traceparent";
+pub static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 /// Returns the incoming id if acceptable, else a new one.
 pub fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {

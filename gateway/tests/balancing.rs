@@ -390,3 +390,62 @@ async fn no_available_member_is_503() {
         StatusCode::SERVICE_UNAVAILABLE
     );
 }
+
+/// An upstream that answers one keep-alive response per connection and then closes it, so
+/// every pooled connection is dead by the time the next request wants it.
+async fn one_shot_upstream() -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                // Then the socket is dropped: closed after one response.
+                s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await
+                    .unwrap_or_default();
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn pooled_connections_closed_by_the_member_are_not_used() {
+    let addr = one_shot_upstream().await;
+    let cfg = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[listeners.web]
+listen = "127.0.0.1:0"
+
+[upstreams.pool]
+members = [{{ address = "{addr}" }}]
+
+[[routes]]
+upstream = "pool"
+"#
+    );
+    let gw = TestGateway::start(&cfg).await;
+    let c = client();
+    for _ in 0..5 {
+        let (status, _, body) = get(&c, &gw.url("web", "/x")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "ok");
+    }
+    let (_, _, metrics) = get(&c, &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("lb_gateway_upstream_connections_opened_total{upstream=\"pool\"} 5"),
+        "{metrics}"
+    );
+}

@@ -1,6 +1,7 @@
-//! The keep-alive connection pool to a pool's members (hyper-util's pooled client), with a
-//! connector that adds TLS when the upstream has `tls` (ALPN `h2` or `http/1.1`), counts new
-//! connections and tags each one so that reuse can be measured.
+//! The connector of a pool's members, which adds TLS when the upstream has `tls` (ALPN `h2` or
+//! `http/1.1`), counts new connections and tags each one so that reuse can be measured; and
+//! hyper-util's pooled client over it, used by `h2c`/`h2` and TLS upstreams and by health
+//! probes (plain HTTP/1.1 requests go through [`super::pool`]).
 
 use std::future::Future;
 use std::io;
@@ -22,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
+use super::pool::Http1Pool;
 use crate::body::RequestBody;
 use crate::config::{FieldError, UpstreamConfig, UpstreamProtocol, UpstreamTlsConfig};
 
@@ -176,6 +178,13 @@ impl AsyncWrite for Stream {
 pub struct TaggedIo {
     inner: TokioIo<Stream>,
     uses: ConnectionUses,
+}
+
+impl TaggedIo {
+    /// The use counter of this connection.
+    pub fn uses(&self) -> ConnectionUses {
+        self.uses.clone()
+    }
 }
 
 impl Connection for TaggedIo {
@@ -345,12 +354,12 @@ fn tls_client(
     })
 }
 
-/// Builds the pooled client of an upstream (loads TLS files; errors carry key paths).
-pub fn build(
+/// The connector of an upstream's members (loads TLS files; errors carry key paths).
+fn connector(
     cfg: &UpstreamConfig,
     opened: IntCounter,
     errs: &mut Vec<FieldError>,
-) -> Option<UpstreamClient> {
+) -> Option<CountingConnector> {
     let mut http = HttpConnector::new();
     http.set_connect_timeout(Some(cfg.connect_timeout));
     http.set_nodelay(true);
@@ -367,11 +376,20 @@ pub fn build(
             )?)
         }
     };
-    let connector = CountingConnector {
+    Some(CountingConnector {
         inner: http,
         tls,
         opened,
-    };
+    })
+}
+
+/// Builds the pooled client of an upstream (loads TLS files; errors carry key paths).
+pub fn build(
+    cfg: &UpstreamConfig,
+    opened: IntCounter,
+    errs: &mut Vec<FieldError>,
+) -> Option<UpstreamClient> {
+    let connector = connector(cfg, opened, errs)?;
     Some(
         Client::builder(TokioExecutor::new())
             .pool_timer(TokioTimer::new())
@@ -381,4 +399,18 @@ pub fn build(
             .http2_only(cfg.protocol.is_h2())
             .build(connector),
     )
+}
+
+/// The request-path pool of a plain HTTP/1.1 upstream; `None` for `h2c`/`h2` or TLS
+/// upstreams, which use the client of [`build`].
+pub fn build_http1_pool(cfg: &UpstreamConfig, opened: IntCounter) -> Option<Http1Pool> {
+    if cfg.protocol != UpstreamProtocol::Http1 || cfg.tls.is_some() {
+        return None;
+    }
+    let connector = connector(cfg, opened, &mut Vec::new())?;
+    Some(Http1Pool::new(
+        connector,
+        cfg.pool_idle_timeout,
+        cfg.pool_max_idle_per_member,
+    ))
 }

@@ -24,6 +24,8 @@ pub struct Member {
     consecutive_failures: AtomicU32,
     ejections: AtomicU32,
     ejected_until: Mutex<Option<Instant>>,
+    /// Idle keep-alive connections (plain HTTP/1.1 upstreams, see [`super::pool`]).
+    pub idle: super::pool::IdleConnections,
 }
 
 /// Result of one attempt, as seen by outlier detection.
@@ -46,6 +48,7 @@ impl Member {
             consecutive_failures: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
+            idle: super::pool::IdleConnections::default(),
         }
     }
 

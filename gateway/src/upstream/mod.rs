@@ -3,6 +3,7 @@
 pub mod balancer;
 pub mod client;
 pub mod member;
+pub mod pool;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,7 +26,12 @@ pub struct Upstream {
     pub members: Vec<Arc<Member>>,
     pub balancer: Balancer,
     pub client: UpstreamClient,
+    /// The request path's pool for plain HTTP/1.1 upstreams (`client` serves the others and
+    /// the health probes).
+    pub pool: Option<pool::Http1Pool>,
     pub budget: RetryBudget,
+    /// `lb_gateway_upstream_pool_reused_requests_total` of this upstream (resolved once).
+    pub pool_reused: IntCounter,
     /// `lb_gateway_upstream_attempts_total` of each member (same index), by outcome, resolved
     /// once so that an attempt does not look labels up.
     attempts: Vec<AttemptCounters>,
@@ -71,15 +77,23 @@ impl Upstream {
                     .unwrap_or_else(|| Arc::new(Member::new(m.address.clone(), m.weight.get())))
             })
             .collect();
-        let client = match previous {
-            Some(p) if client::same_pool_settings(&p.config, cfg) => p.client.clone(),
-            _ => client::build(
-                cfg,
-                metrics
-                    .upstream_connections_opened_total
-                    .with_label_values(&[cfg.name.as_str()]),
-                errs,
-            )?,
+        let opened = metrics
+            .upstream_connections_opened_total
+            .with_label_values(&[cfg.name.as_str()]);
+        let (client, pool) = match previous {
+            Some(p) if client::same_pool_settings(&p.config, cfg) => {
+                (p.client.clone(), p.pool.clone())
+            }
+            _ => {
+                // Connections pooled under the old settings are not reused.
+                for m in &members {
+                    m.idle.clear();
+                }
+                (
+                    client::build(cfg, opened.clone(), errs)?,
+                    client::build_http1_pool(cfg, opened),
+                )
+            }
         };
         let attempts = members
             .iter()
@@ -98,6 +112,10 @@ impl Upstream {
             config: cfg.clone(),
             members,
             client,
+            pool,
+            pool_reused: metrics
+                .upstream_pool_reused_requests_total
+                .with_label_values(&[cfg.name.as_str()]),
             budget: RetryBudget::new(&cfg.retry, now),
             attempts,
             published_ms: AtomicU64::new(0),
