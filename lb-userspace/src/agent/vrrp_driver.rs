@@ -382,10 +382,14 @@ struct InstanceCtx {
     status: watch::Sender<Vec<VrrpStatus>>,
 }
 
-/// How long a Master that sent priority 0 keeps its VIPs: one advertisement interval
-/// (the Backup's Skew_Time is shorter) plus a little for its announcement, at most 1 s.
+/// How long a Master that sent priority 0 keeps its VIPs: three advertisement intervals
+/// plus a little, at most 1 s. The best Backup takes over after its Skew_Time (below one
+/// interval) and announces itself; a loaded Backup can be later than that, and a client
+/// whose traffic still reaches this node meanwhile must find the VIP here, not a gap.
+/// Both nodes holding the VIP for a moment is harmless: each answers what reaches it.
 fn handover_grace(inst: &VrrpInstance) -> Duration {
-    (inst.advert_interval.as_duration() + Duration::from_millis(5)).min(Duration::from_secs(1))
+    (inst.advert_interval.as_duration() * 3 + Duration::from_millis(5))
+        .min(Duration::from_secs(1))
 }
 
 fn effective(configured: Priority, deduction: u32, held: bool) -> Priority {
