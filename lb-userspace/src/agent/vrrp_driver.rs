@@ -388,8 +388,7 @@ struct InstanceCtx {
 /// whose traffic still reaches this node meanwhile must find the VIP here, not a gap.
 /// Both nodes holding the VIP for a moment is harmless: each answers what reaches it.
 fn handover_grace(inst: &VrrpInstance) -> Duration {
-    (inst.advert_interval.as_duration() * 3 + Duration::from_millis(5))
-        .min(Duration::from_secs(1))
+    (inst.advert_interval.as_duration() * 3 + Duration::from_millis(5)).min(Duration::from_secs(1))
 }
 
 fn effective(configured: Priority, deduction: u32, held: bool) -> Priority {
