@@ -212,14 +212,6 @@ pub fn vip_slot_hash(key: &VipKey) -> u32 {
     (h >> 40) as u32 & (VIP_TABLE_SLOTS - 1)
 }
 
-/// Whether two VIP keys are equal, compared as words (no `memcmp` in BPF).
-#[inline(always)]
-pub fn vip_key_eq(a: &VipKey, b: &VipKey) -> bool {
-    addr_eq(&a.addr, &b.addr)
-        && u32::from_ne_bytes([a.port[0], a.port[1], a.proto, a.family])
-            == u32::from_ne_bytes([b.port[0], b.port[1], b.proto, b.family])
-}
-
 /// Per-VIP counters (one per CPU in `VIP_STATS`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use lb_common::{
         NODE_F_V4, NODE_F_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
         PROTO_UDP, VIP_F_NO_CONNTRACK, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey,
         VipValue, addr_eq, addr4_eq, flow_hash, is_ipv6_extension, outer_ipv4, outer_ipv6,
-        ring_index, v4_field, v4_of, vip_filter_bit, vip_key_eq, vip_slot_hash,
+        ring_index, v4_field, v4_of, vip_filter_bit, vip_slot_hash,
     },
 };
 
@@ -150,13 +150,34 @@ fn vip_lookup(key: &VipKey) -> Option<VipValue> {
 #[inline(never)]
 fn vip_lookup_raw(key: &VipKey) -> u64 {
     let h = vip_slot_hash(key);
+    // The key as the three words a slot stores it in (address halves; port, protocol and
+    // family), built once; each probe then compares words loaded from the 8-byte-aligned
+    // map value instead of bytes.
+    let a = &key.addr;
+    let k0 = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
+    let k1 = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
+    let k2 = u32::from_ne_bytes([key.port[0], key.port[1], key.proto, key.family]);
     let mut i = 0;
     while i < VIP_PROBES {
-        if let Some(slot) = VIPS.get((h + i) & (VIP_TABLE_SLOTS - 1))
-            && slot.state == VIP_SLOT_USED
-            && vip_key_eq(&slot.key, key)
-        {
-            return (u64::from(slot.value.flags) << 32) | u64::from(slot.value.id);
+        if let Some(p) = VIPS.get_ptr((h + i) & (VIP_TABLE_SLOTS - 1)) {
+            let w = p.cast::<u64>();
+            let d = p.cast::<u32>();
+            // SAFETY: `p` points at a whole `VipSlot` (32 bytes, 8-byte aligned as every
+            // map value): words 0-1 are the address, u32 4 the port/protocol/family, 5 the
+            // id, 6 the flags, 7 the state (see `lb_common::datapath::VipSlot`).
+            let (s0, s1, tail, id, flags, state) = unsafe {
+                (
+                    w.read(),
+                    w.add(1).read(),
+                    d.add(4).read(),
+                    d.add(5).read(),
+                    d.add(6).read(),
+                    d.add(7).read(),
+                )
+            };
+            if state == VIP_SLOT_USED && s0 == k0 && s1 == k1 && tail == k2 {
+                return (u64::from(flags) << 32) | u64::from(id);
+            }
         }
         i += 1;
     }
