@@ -489,26 +489,19 @@ impl Dataplane {
     /// Runs the program once over `frame` with BPF_PROG_TEST_RUN (no interface needed).
     /// Returns the verdict, the frame as the program left it, and the kernel's timing.
     pub fn test_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(LB_PROGRAM)
-            .ok_or(DataplaneError::MissingProgram { name: LB_PROGRAM })?
-            .try_into()
-            .map_err(|e| program_error(LB_PROGRAM, e))?;
-        test_run_xdp(prog, LB_PROGRAM, frame, 1)
+        test_run_xdp(loaded_xdp(&self.ebpf, LB_PROGRAM)?, LB_PROGRAM, frame, 1)
     }
 
     /// Runs the program `repeat` times over one copy of `frame` inside one
     /// BPF_PROG_TEST_RUN (the kernel re-runs it on the same buffer, so only meaningful for
     /// frames the program does not rewrite). `duration` is the kernel's mean per run.
     pub fn test_run_repeated(&self, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
-        let prog: &Xdp = self
-            .ebpf
-            .program(LB_PROGRAM)
-            .ok_or(DataplaneError::MissingProgram { name: LB_PROGRAM })?
-            .try_into()
-            .map_err(|e| program_error(LB_PROGRAM, e))?;
-        test_run_xdp(prog, LB_PROGRAM, frame, repeat)
+        test_run_xdp(
+            loaded_xdp(&self.ebpf, LB_PROGRAM)?,
+            LB_PROGRAM,
+            frame,
+            repeat,
+        )
     }
 
     /// Attaches the data path to `iface` (in the calling thread's network namespace) for
@@ -620,25 +613,13 @@ impl HelperPrograms {
     /// `repeat` runs of `xdp_floor` inside one test run.
     pub fn floor_run_repeated(&self, frame: &[u8], repeat: u32) -> Result<TestRunOutput> {
         let name = "xdp_floor";
-        let prog: &Xdp = self
-            .ebpf
-            .program(name)
-            .ok_or(DataplaneError::MissingProgram { name })?
-            .try_into()
-            .map_err(|e| program_error(name, e))?;
-        test_run_xdp(prog, name, frame, repeat)
+        test_run_xdp(loaded_xdp(&self.ebpf, name)?, name, frame, repeat)
     }
 
     /// One test run of `xdp_floor` (returns XDP_TX and touches nothing).
     pub fn floor_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
         let name = "xdp_floor";
-        let prog: &Xdp = self
-            .ebpf
-            .program(name)
-            .ok_or(DataplaneError::MissingProgram { name })?
-            .try_into()
-            .map_err(|e| program_error(name, e))?;
-        test_run_xdp(prog, name, frame, 1)
+        test_run_xdp(loaded_xdp(&self.ebpf, name)?, name, frame, 1)
     }
 }
 
@@ -713,6 +694,14 @@ fn read_exit_stats<T: std::borrow::Borrow<MapData>>(
         counters.push((reason, sum_counters(per_cpu.iter())));
     }
     Ok(ExitStats { counters })
+}
+
+/// A loaded XDP program of `ebpf`, for test runs.
+fn loaded_xdp<'a>(ebpf: &'a Ebpf, name: &'static str) -> Result<&'a Xdp> {
+    ebpf.program(name)
+        .ok_or(DataplaneError::MissingProgram { name })?
+        .try_into()
+        .map_err(|e| program_error(name, e))
 }
 
 fn xdp_program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut Xdp> {
