@@ -408,11 +408,8 @@ impl Model {
             _pad: [0; 2],
         };
         let mut gw = NO_GATEWAY;
-        if vip.flags & VIP_F_NO_CONNTRACK == 0
-            && let Some(v) = self.flows.get(&key)
-            && self.gateway_valid(v.gateway)
-        {
-            gw = v.gateway;
+        if vip.flags & VIP_F_NO_CONNTRACK == 0 {
+            gw = self.lookup_flow(&key);
         }
         if gw == NO_GATEWAY {
             gw = self.ring_pick(&vip, &key);
@@ -421,6 +418,15 @@ impl Model {
             }
         }
         Step::Forward { gw, icmp: true }
+    }
+
+    /// The connection table's gateway for `key` while that gateway is still `VALID`,
+    /// else [`NO_GATEWAY`].
+    fn lookup_flow(&self, key: &FlowKey) -> u32 {
+        match self.flows.get(key) {
+            Some(v) if self.gateway_valid(v.gateway) => v.gateway,
+            _ => NO_GATEWAY,
+        }
     }
 
     fn gateway_valid(&self, gw: u32) -> bool {
@@ -486,12 +492,8 @@ impl Model {
         let syn = proto == PROTO_TCP && tcp_flags & 0x12 == 0x02;
         let conntrack = vip.flags & VIP_F_NO_CONNTRACK == 0;
         let mut gw = NO_GATEWAY;
-        if conntrack
-            && !syn
-            && let Some(v) = self.flows.get(&key)
-            && self.gateway_valid(v.gateway)
-        {
-            gw = v.gateway;
+        if conntrack && !syn {
+            gw = self.lookup_flow(&key);
         }
         if gw == NO_GATEWAY {
             gw = self.ring_pick(&vip, &key);
