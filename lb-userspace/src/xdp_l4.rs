@@ -112,12 +112,19 @@ impl XdpL4 {
             })
             .map_err(|e| err("write NODE", e))?;
 
+        let remote: Vec<IpAddr> = d
+            .gateways
+            .iter()
+            .filter(|g| !g.local)
+            .map(|g| IpAddr::V4(g.ipv4))
+            .collect();
+        let macs = neighbour_macs(&self.iface, &remote);
         let mut unresolved = Vec::new();
         for g in &d.gateways {
             let mac = if g.local {
                 Some(self.mac)
             } else {
-                neighbour_mac(&self.iface, IpAddr::V4(g.ipv4))
+                macs.get(&IpAddr::V4(g.ipv4)).copied()
             };
             let mut flags = GW_F_V4;
             if g.ipv6.is_some() {
@@ -348,58 +355,82 @@ fn parse_mac(s: &str) -> Option<[u8; 6]> {
     parts.next().is_none().then_some(mac)
 }
 
-/// The MAC the kernel's neighbour table has for `ip` on `iface`; when it has none, one UDP
-/// datagram to `ip`'s discard port makes the kernel resolve it, and the table is read
-/// again a few times.
-fn neighbour_mac(iface: &str, ip: IpAddr) -> Option<[u8; 6]> {
-    if let Some(mac) = read_neighbour(iface, ip) {
-        return Some(mac);
+/// The MACs the kernel's neighbour table has for `ips` on `iface`. For addresses it has
+/// none for, one UDP datagram to the discard port makes the kernel resolve them, and the
+/// table is read again a few times (one dump per read, for all addresses).
+fn neighbour_macs(iface: &str, ips: &[IpAddr]) -> HashMap<IpAddr, [u8; 6]> {
+    let mut found = read_neighbours(iface);
+    found.retain(|ip, _| ips.contains(ip));
+    let missing: Vec<IpAddr> = ips
+        .iter()
+        .filter(|ip| !found.contains_key(ip))
+        .copied()
+        .collect();
+    if missing.is_empty() {
+        return found;
     }
-    let bind: SocketAddr = match ip {
-        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    // Best effort: if the probe cannot be sent, the lookups below simply find nothing.
-    if let Ok(sock) = UdpSocket::bind(bind)
-        && let Err(e) = sock.send_to(b"lb-agent neighbour probe", (ip, 9))
-    {
-        tracing::debug!(%ip, error = %e, "neighbour probe not sent");
+    for ip in &missing {
+        let bind: SocketAddr = match ip {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        // Best effort: if the probe cannot be sent, the reads below simply find nothing.
+        if let Ok(sock) = UdpSocket::bind(bind)
+            && let Err(e) = sock.send_to(b"lb-agent neighbour probe", (*ip, 9))
+        {
+            tracing::debug!(%ip, error = %e, "neighbour probe not sent");
+        }
     }
     for _ in 0..10 {
         std::thread::sleep(Duration::from_millis(30));
-        if let Some(mac) = read_neighbour(iface, ip) {
-            return Some(mac);
+        let table = read_neighbours(iface);
+        for ip in &missing {
+            if let Some(mac) = table.get(ip) {
+                found.insert(*ip, *mac);
+            }
+        }
+        if missing.iter().all(|ip| found.contains_key(ip)) {
+            break;
         }
     }
-    None
+    found
 }
 
-/// Reads one neighbour entry over rtnetlink, on a thread with its own runtime (the caller
-/// may be inside the agent's runtime).
-fn read_neighbour(iface: &str, ip: IpAddr) -> Option<[u8; 6]> {
-    let ifindex = crate::dataplane::if_index(iface).ok()?;
+/// The resolved entries of the kernel's neighbour table on `iface`, over rtnetlink, on a
+/// thread with its own runtime (the caller may be inside the agent's runtime). Empty when
+/// the table cannot be read.
+fn read_neighbours(iface: &str) -> HashMap<IpAddr, [u8; 6]> {
+    let Ok(ifindex) = crate::dataplane::if_index(iface) else {
+        return HashMap::new();
+    };
     std::thread::scope(|s| {
         s.spawn(|| {
-            let rt = tokio::runtime::Builder::new_current_thread()
+            let mut out = HashMap::new();
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .ok()?;
-            rt.block_on(async move {
+            else {
+                return out;
+            };
+            rt.block_on(async {
                 use futures::TryStreamExt as _;
                 use rtnetlink::packet_route::neighbour::{
                     NeighbourAddress, NeighbourAttribute, NeighbourState,
                 };
-                let (conn, handle, _) = rtnetlink::new_connection().ok()?;
+                let Ok((conn, handle, _)) = rtnetlink::new_connection() else {
+                    return;
+                };
                 tokio::spawn(conn);
                 let mut dump = handle.neighbours().get().execute();
                 while let Ok(Some(msg)) = dump.try_next().await {
-                    if msg.header.ifindex != ifindex {
-                        continue;
-                    }
-                    if matches!(
-                        msg.header.state,
-                        NeighbourState::Incomplete | NeighbourState::Failed | NeighbourState::None
-                    ) {
+                    if msg.header.ifindex != ifindex
+                        || matches!(
+                            msg.header.state,
+                            NeighbourState::Incomplete
+                                | NeighbourState::Failed
+                                | NeighbourState::None
+                        )
+                    {
                         continue;
                     }
                     let mut dst = None;
@@ -412,22 +443,21 @@ fn read_neighbour(iface: &str, ip: IpAddr) -> Option<[u8; 6]> {
                             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                                 dst = Some(IpAddr::V6(*v6));
                             }
-                            NeighbourAttribute::LinkLocalAddress(l) if l.len() == 6 => {
+                            NeighbourAttribute::LinkLocalAddress(l) => {
                                 mac = parse_mac_bytes(l);
                             }
                             _ => {}
                         }
                     }
-                    if dst == Some(ip) && mac.is_some() {
-                        return mac;
+                    if let (Some(dst), Some(mac)) = (dst, mac) {
+                        out.insert(dst, mac);
                     }
                 }
-                None
-            })
+            });
+            out
         })
         .join()
-        .ok()
-        .flatten()
+        .unwrap_or_default()
     })
 }
 
