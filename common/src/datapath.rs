@@ -8,6 +8,16 @@
 //!
 //! Conventions: addresses are stored as raw network-order bytes; an IPv4 address fills the
 //! first 4 bytes of a 16-byte field and the rest is zero. Ports are raw network-order bytes.
+//!
+//! # Words
+//!
+//! The XDP program handles addresses and keys as 64-bit words, never as byte arrays on the
+//! BPF stack: the BPF target forbids unaligned stack access, so LLVM copies, compares and
+//! zeroes byte arrays there one byte at a time (a 12-byte zero fill became a call to a
+//! byte-loop `memset`). A 16-byte address is two words ([`AddrWords`]): its bytes 0-7 and
+//! 8-15 read as little-endian `u64`s, which is what a native load of the raw bytes gives
+//! on the little-endian machines XDP runs on (`to_le`/`from_le` keep it right elsewhere).
+//! The key types are aligned so that a key built from words is stored as words.
 
 /// Number of slots of every VIP's Maglev ring in the data path (a prime; Maglev's default).
 pub const RING_SIZE: u32 = 65537;
@@ -105,8 +115,31 @@ pub const NODE_F_V4: u32 = 1;
 /// Node flag: `addr6` is set.
 pub const NODE_F_V6: u32 = 2;
 
+/// A 16-byte address field as two words (see the module docs).
+pub type AddrWords = [u64; 2];
+
+/// The words of a 16-byte address field.
+#[inline(always)]
+pub fn addr_words(a: &[u8; 16]) -> AddrWords {
+    [half(a, false), half(a, true)]
+}
+
+/// The words of an IPv4 address field (the address in the first 4 bytes, the rest zero)
+/// from the address's raw bytes read as a native `u32`.
+#[inline(always)]
+pub fn v4_words(raw: u32) -> AddrWords {
+    [u64::from(u32::from_le(raw)), 0]
+}
+
+/// The word of a key's port, protocol and family bytes, as [`VipKey`] stores them after
+/// the address (`port` is the raw network-order port read as a native `u16`).
+#[inline(always)]
+pub fn vip_tail(port: u16, proto: u8, family: u8) -> u32 {
+    u32::from(u16::from_le(port)) | (u32::from(proto) << 16) | (u32::from(family) << 24)
+}
+
 /// Key of the `VIPS` map.
-#[repr(C)]
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct VipKey {
     pub addr: [u8; 16],
@@ -142,7 +175,7 @@ pub struct VipValue {
 }
 
 /// Value of the `GATEWAYS` map: where to send a gateway's flows.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct GatewayValue {
     /// `GW_F_*`.
@@ -157,7 +190,7 @@ pub struct GatewayValue {
 }
 
 /// Value of the single-entry `NODE` map: this node.
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct NodeConfig {
     /// `NODE_F_*`.
@@ -172,7 +205,7 @@ pub struct NodeConfig {
 }
 
 /// Key of the connection table, as the client sent the packet (client -> VIP).
-#[repr(C)]
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
     pub src: [u8; 16],
@@ -182,6 +215,38 @@ pub struct FlowKey {
     pub proto: u8,
     pub family: u8,
     pub _pad: [u8; 2],
+}
+
+impl FlowKey {
+    /// The key from address words and the raw ports (network-order bytes read as native
+    /// `u16`s); built and stored as five words.
+    #[inline(always)]
+    pub fn from_words(
+        src: AddrWords,
+        dst: AddrWords,
+        sport: u16,
+        dport: u16,
+        proto: u8,
+        family: u8,
+    ) -> FlowKey {
+        let tail = u64::from(u16::from_le(sport))
+            | (u64::from(u16::from_le(dport)) << 16)
+            | (u64::from(proto) << 32)
+            | (u64::from(family) << 40);
+        let w = [src[0], src[1], dst[0], dst[1], tail].map(u64::to_le);
+        // SAFETY: `FlowKey` is `repr(C)`, 40 bytes of byte arrays and bytes with no
+        // implicit padding (`layouts_have_no_implicit_padding`), so every 40-byte value is
+        // a valid key; `transmute` checks the sizes.
+        unsafe { core::mem::transmute::<[u64; 5], FlowKey>(w) }
+    }
+
+    /// The five words of the key: source, destination (two each), then ports, protocol
+    /// and family (as [`FlowKey::from_words`] packs them).
+    #[inline(always)]
+    pub fn words(&self) -> [u64; 5] {
+        // SAFETY: as in `from_words`: 40 plain bytes either way.
+        unsafe { core::mem::transmute::<FlowKey, [u64; 5]>(*self) }.map(u64::from_le)
+    }
 }
 
 /// Value of the connection table.
@@ -204,11 +269,17 @@ pub struct VipSlot {
 /// The first probe position of `key` in the `VIPS` table.
 #[inline(always)]
 pub fn vip_slot_hash(key: &VipKey) -> u32 {
-    let tail = ((key.port[0] as u64) << 24)
-        | ((key.port[1] as u64) << 16)
-        | ((key.proto as u64) << 8)
-        | key.family as u64;
-    let h = mix(mix(half(&key.addr, false), half(&key.addr, true)), tail);
+    vip_slot_hash_words(
+        addr_words(&key.addr),
+        vip_tail(u16::from_le_bytes(key.port), key.proto, key.family),
+    )
+}
+
+/// [`vip_slot_hash`] of the key with address words `addr` and tail word `tail`
+/// ([`vip_tail`]).
+#[inline(always)]
+pub fn vip_slot_hash_words(addr: AddrWords, tail: u32) -> u32 {
+    let h = mix(mix(addr[0], addr[1]), u64::from(tail));
     (h >> 40) as u32 & (VIP_TABLE_SLOTS - 1)
 }
 
@@ -261,18 +332,15 @@ fn half(a: &[u8; 16], hi: bool) -> u64 {
 /// [`VIP_F_HASH_SRC_ADDR`] the ports and protocol are left out.
 #[inline(always)]
 pub fn flow_hash(key: &FlowKey, vip_flags: u32) -> u32 {
-    let mut h = mix(0x6c62_2d6c_6232_3031, key.family as u64);
-    h = mix(h, half(&key.src, false));
-    h = mix(h, half(&key.src, true));
-    h = mix(h, half(&key.dst, false));
-    h = mix(h, half(&key.dst, true));
+    let w = key.words();
+    // Word 4: ports in bits 0-31, protocol 32-39, family 40-47.
+    let mut h = mix(0x6c62_2d6c_6232_3031, (w[4] >> 40) & 0xff);
+    h = mix(h, w[0]);
+    h = mix(h, w[1]);
+    h = mix(h, w[2]);
+    h = mix(h, w[3]);
     if vip_flags & VIP_F_HASH_SRC_ADDR == 0 {
-        let ports = ((key.sport[0] as u64) << 40)
-            | ((key.sport[1] as u64) << 32)
-            | ((key.dport[0] as u64) << 24)
-            | ((key.dport[1] as u64) << 16)
-            | key.proto as u64;
-        h = mix(h, ports);
+        h = mix(h, w[4] & 0xff_ffff_ffff);
     }
     // Final avalanche (the murmur3 64-bit finaliser).
     h ^= h >> 33;
@@ -287,7 +355,13 @@ pub fn flow_hash(key: &FlowKey, vip_flags: u32) -> u32 {
 /// bit costs a lookup, never a wrong verdict.
 #[inline(always)]
 pub fn vip_filter_bit(addr: &[u8; 16]) -> u32 {
-    let x = half(addr, false) ^ half(addr, true).rotate_left(29);
+    vip_filter_bit_words(addr_words(addr))
+}
+
+/// [`vip_filter_bit`] of the address with words `a`.
+#[inline(always)]
+pub fn vip_filter_bit_words(a: AddrWords) -> u32 {
+    let x = a[0] ^ a[1].rotate_left(29);
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32
 }
 
@@ -306,6 +380,22 @@ pub fn ipv4_checksum(h: &[u8; IPV4_HLEN]) -> u16 {
         sum += ((h[i] as u32) << 8) | h[i + 1] as u32;
         i += 2;
     }
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    !(sum as u16)
+}
+
+/// The IPv4 header checksum of a 20-byte header given as five words (the raw header bytes
+/// read as native `u32`s, the checksum field zero), as the native `u16` to store at bytes
+/// 10-11. The one's-complement sum does not depend on byte order (RFC 1071, 2(B)), so it
+/// is summed in native words and folded.
+#[inline(always)]
+pub fn ipv4_checksum_words(w: [u32; 5]) -> u16 {
+    let mut sum =
+        u64::from(w[0]) + u64::from(w[1]) + u64::from(w[2]) + u64::from(w[3]) + u64::from(w[4]);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     sum = (sum & 0xffff) + (sum >> 16);
     !(sum as u16)
@@ -456,6 +546,86 @@ mod tests {
             sum = (sum & 0xffff) + (sum >> 16);
         }
         assert_eq!(sum, 0xffff);
+    }
+
+    #[test]
+    fn words_are_the_raw_bytes() {
+        let key = FlowKey {
+            src: [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16],
+            dst: v4_field([10, 0, 0, 100]),
+            sport: [0x9c, 0x40],
+            dport: [0, 80],
+            proto: PROTO_TCP,
+            family: FAMILY_V6,
+            _pad: [0; 2],
+        };
+        let raw16 = |b: [u8; 2]| u16::from_ne_bytes(b);
+        let built = FlowKey::from_words(
+            addr_words(&key.src),
+            v4_words(u32::from_ne_bytes([10, 0, 0, 100])),
+            raw16(key.sport),
+            raw16(key.dport),
+            key.proto,
+            key.family,
+        );
+        assert_eq!(built, key);
+        assert_eq!(
+            FlowKey::from_words(
+                [built.words()[0], built.words()[1]],
+                [built.words()[2], built.words()[3]],
+                raw16(key.sport),
+                raw16(key.dport),
+                key.proto,
+                key.family,
+            ),
+            key
+        );
+        assert_eq!(built.words()[4], 0x0606_5000_409c);
+        // The tail word is the u32 that a `VipSlot` holds after the address.
+        let vk = VipKey {
+            addr: key.dst,
+            port: [0, 80],
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+        };
+        assert_eq!(
+            vip_tail(raw16(vk.port), vk.proto, vk.family).to_le_bytes(),
+            [0, 80, PROTO_TCP, FAMILY_V4]
+        );
+        assert_eq!(
+            vip_slot_hash(&vk),
+            vip_slot_hash_words(addr_words(&vk.addr), vip_tail(raw16([0, 80]), 6, 4))
+        );
+    }
+
+    #[test]
+    fn checksum_of_words_equals_the_byte_checksum() {
+        let mut h = outer_ipv4(0x10, 1400, false, [192, 168, 7, 1], [172, 16, 0, 200]);
+        h[10] = 0;
+        h[11] = 0;
+        let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let c = ipv4_checksum_words([w(0), w(4), w(8), w(12), w(16)]);
+        assert_eq!(c.to_ne_bytes(), ipv4_checksum(&h).to_be_bytes());
+        // Many headers, including sums that need every fold.
+        for seed in 0..5000u32 {
+            let x = seed.wrapping_mul(0x9e37_79b9);
+            let mut h = outer_ipv4(
+                x as u8,
+                (x >> 8) as u16,
+                x & 1 == 0,
+                x.to_be_bytes(),
+                (!x).rotate_left(7).to_be_bytes(),
+            );
+            h[10] = 0;
+            h[11] = 0;
+            let w = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+            let c = ipv4_checksum_words([w(0), w(4), w(8), w(12), w(16)]);
+            assert_eq!(
+                c.to_ne_bytes(),
+                ipv4_checksum(&h).to_be_bytes(),
+                "seed {seed}"
+            );
+        }
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! with `read_unaligned` instead makes LLVM's BPF backend emit one load per byte, which
 //! tripled the instruction count of the hot path.
 use aya_ebpf::programs::XdpContext;
+use lb_common::datapath::{AddrWords, v4_words};
 
 /// A pointer to a `T` at `offset` bytes into the frame, or `None` when the frame is
 /// shorter than `offset + size_of::<T>()`.
@@ -51,95 +52,59 @@ pub fn be16_at(ctx: &XdpContext, offset: usize) -> Option<u16> {
     load::<u16>(ctx, offset).map(u16::from_be)
 }
 
-/// The two raw bytes at `offset` (a port).
+/// The two raw bytes at `offset` as a native `u16` (a port: see
+/// `lb_common::datapath` on words).
 #[inline(always)]
-pub fn bytes2(ctx: &XdpContext, offset: usize) -> Option<[u8; 2]> {
-    load::<u16>(ctx, offset).map(u16::to_ne_bytes)
+pub fn raw16(ctx: &XdpContext, offset: usize) -> Option<u16> {
+    load::<u16>(ctx, offset)
 }
 
-/// The four raw bytes at `offset` (an IPv4 address).
+/// The four raw bytes at `offset` as a native `u32`.
 #[inline(always)]
-pub fn bytes4(ctx: &XdpContext, offset: usize) -> Option<[u8; 4]> {
-    load::<u32>(ctx, offset).map(u32::to_ne_bytes)
+pub fn raw32(ctx: &XdpContext, offset: usize) -> Option<u32> {
+    load::<u32>(ctx, offset)
 }
 
-/// The sixteen raw bytes at `offset` (an IPv6 address), as two 8-byte loads.
+/// The words of the IPv4 address at `offset` (as a 16-byte address field).
 #[inline(always)]
-pub fn bytes16(ctx: &XdpContext, offset: usize) -> Option<[u8; 16]> {
-    let [lo, hi] = load::<[u64; 2]>(ctx, offset)?;
-    let (lo, hi) = (lo.to_ne_bytes(), hi.to_ne_bytes());
-    Some([
-        lo[0], lo[1], lo[2], lo[3], lo[4], lo[5], lo[6], lo[7], hi[0], hi[1], hi[2], hi[3], hi[4],
-        hi[5], hi[6], hi[7],
-    ])
+pub fn v4_addr_at(ctx: &XdpContext, offset: usize) -> Option<AddrWords> {
+    load::<u32>(ctx, offset).map(v4_words)
 }
 
-/// Copies `N` bytes (a multiple of 2) from the stack into the frame at `offset`, in 8-,
-/// 4- and 2-byte stores.
+/// The words of the IPv6 address at `offset`, as two 8-byte loads.
 #[inline(always)]
-pub fn write_bytes<const N: usize>(ctx: &XdpContext, offset: usize, b: &[u8; N]) -> Option<()> {
-    // One bounds check for the whole copy; the stores below stay inside it.
-    let base = ptr_at::<[u8; N]>(ctx, offset)? as usize;
-    let mut i = 0;
-    while i + 8 <= N {
-        let w = u64::from_ne_bytes([
-            b[i],
-            b[i + 1],
-            b[i + 2],
-            b[i + 3],
-            b[i + 4],
-            b[i + 5],
-            b[i + 6],
-            b[i + 7],
-        ]);
-        // SAFETY: inside the checked range; see the module docs on alignment.
-        unsafe { core::ptr::write((base + i) as *mut u64, w) };
-        i += 8;
+pub fn v6_addr_at(ctx: &XdpContext, offset: usize) -> Option<AddrWords> {
+    load::<[u64; 2]>(ctx, offset).map(|[a, b]| [u64::from_le(a), u64::from_le(b)])
+}
+
+/// `N` bytes of the frame from `offset`, checked once; [`Span::put`] stores inside them.
+#[derive(Clone, Copy)]
+pub struct Span<const N: usize>(usize);
+
+impl<const N: usize> Span<N> {
+    #[inline(always)]
+    pub fn at(ctx: &XdpContext, offset: usize) -> Option<Self> {
+        ptr_at::<[u8; N]>(ctx, offset).map(|p| Span(p as usize))
     }
-    if i + 4 <= N {
-        let w = u32::from_ne_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]);
-        // SAFETY: as above.
-        unsafe { core::ptr::write((base + i) as *mut u32, w) };
-        i += 4;
-    }
-    if i + 2 <= N {
-        let w = u16::from_ne_bytes([b[i], b[i + 1]]);
-        // SAFETY: as above.
-        unsafe { core::ptr::write((base + i) as *mut u16, w) };
-    }
-    Some(())
-}
 
-/// Reads `N` bytes (a multiple of 2) at `offset` onto the stack, in 8-, 4- and 2-byte loads.
-#[inline(always)]
-pub fn read_bytes<const N: usize>(ctx: &XdpContext, offset: usize) -> Option<[u8; N]> {
-    let base = ptr_at::<[u8; N]>(ctx, offset)? as usize;
-    let mut out = [0u8; N];
-    let mut i = 0;
-    while i + 8 <= N {
-        // SAFETY: inside the checked range; see the module docs on alignment.
-        let w = unsafe { core::ptr::read((base + i) as *const u64) }.to_ne_bytes();
-        let mut j = 0;
-        while j < 8 {
-            out[i + j] = w[j];
-            j += 1;
+    /// Stores `v` (raw bytes, native order) at `at` bytes into the span.
+    #[inline(always)]
+    pub fn put<T: Copy>(self, at: usize, v: T) {
+        if at + core::mem::size_of::<T>() <= N {
+            // SAFETY: inside the checked span (the condition is constant after inlining);
+            // see the module docs on alignment.
+            unsafe { core::ptr::write((self.0 + at) as *mut T, v) }
         }
-        i += 8;
     }
-    if i + 4 <= N {
-        // SAFETY: as above.
-        let w = unsafe { core::ptr::read((base + i) as *const u32) }.to_ne_bytes();
-        out[i] = w[0];
-        out[i + 1] = w[1];
-        out[i + 2] = w[2];
-        out[i + 3] = w[3];
-        i += 4;
+
+    /// Loads a `T` (raw bytes, native order) from `at` bytes into the span.
+    #[inline(always)]
+    pub fn get<T: Copy + Default>(self, at: usize) -> T {
+        if at + core::mem::size_of::<T>() <= N {
+            // SAFETY: as in `put`.
+            unsafe { core::ptr::read((self.0 + at) as *const T) }
+        } else {
+            T::default()
+        }
     }
-    if i + 2 <= N {
-        // SAFETY: as above.
-        let w = unsafe { core::ptr::read((base + i) as *const u16) }.to_ne_bytes();
-        out[i] = w[0];
-        out[i + 1] = w[1];
-    }
-    Some(out)
 }

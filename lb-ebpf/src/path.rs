@@ -9,12 +9,12 @@ use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
 use lb_common::{
     ExitReason,
     datapath::{
-        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
-        GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, NO_GATEWAY,
-        NODE_F_V4, NODE_F_V6, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP,
-        PROTO_UDP, VIP_F_NO_CONNTRACK, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey,
-        VipValue, addr_eq, addr4_eq, flow_hash, is_ipv6_extension, outer_ipv4, outer_ipv6,
-        ring_index, v4_field, v4_of, vip_filter_bit, vip_slot_hash,
+        AddrWords, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey,
+        FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN,
+        NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6,
+        PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, VIP_F_NO_CONNTRACK, VIP_PROBES,
+        VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, flow_hash, ipv4_checksum_words,
+        is_ipv6_extension, ring_index, vip_filter_bit_words, vip_slot_hash_words, vip_tail,
     },
 };
 
@@ -23,7 +23,7 @@ use crate::{
         EXIT_STATS, FLOWS, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_FILTER,
         VIP_STATS, VIPS,
     },
-    packet::{be16_at, bytes2, bytes4, bytes16, read_bytes, u8_at, write_bytes},
+    packet::{Span, be16_at, raw16, raw32, u8_at, v4_addr_at, v6_addr_at},
 };
 
 const VLAN_L3: usize = ETH_HLEN + 4;
@@ -46,8 +46,8 @@ struct Ip {
     family: u8,
     l4: usize,
     end: usize,
-    src: [u8; 16],
-    dst: [u8; 16],
+    src: AddrWords,
+    dst: AddrWords,
 }
 
 #[inline(always)]
@@ -83,6 +83,10 @@ fn encode(step: Option<Step>) -> u64 {
         Some(Step::Done(r)) => (r as u64) << 8,
         Some(Step::Forward { gw, icmp }) => 1 + u64::from(icmp) + (u64::from(gw) << 32),
         Some(Step::Decap { l3, outer }) => {
+            // Opaque, so that LLVM cannot hoist this arithmetic above the match onto
+            // paths where `l3`/`outer` are undefined (it then shifted whatever register
+            // was there, a map pointer, and the verifier refused the program).
+            let (l3, outer) = core::hint::black_box((l3, outer));
             3 | ((l3 as u64 & 0xff) << 8) | ((outer as u64 & 0xff) << 16)
         }
     }
@@ -121,8 +125,8 @@ fn decap_step(ctx: &XdpContext, l3: usize, outer: usize) -> u32 {
 /// The prefilter: `false` means no VIP entry has this destination (see
 /// [`lb_common::datapath::vip_filter_bit`]); an array lookup, which the verifier inlines.
 #[inline(always)]
-fn filter_hit(dst: &[u8; 16]) -> bool {
-    let bit = vip_filter_bit(dst);
+fn filter_hit(dst: AddrWords) -> bool {
+    let bit = vip_filter_bit_words(dst);
     match VIP_FILTER.get(bit >> 6) {
         Some(w) => *w & (1u64 << (bit & 63)) != 0,
         None => true,
@@ -132,8 +136,8 @@ fn filter_hit(dst: &[u8; 16]) -> bool {
 /// Looks `key` up in the open-addressed `VIPS` table: the [`VIP_PROBES`] slots from its
 /// hash, all checked (removal only clears a slot's state, so there is no early stop).
 #[inline(always)]
-fn vip_lookup(key: &VipKey) -> Option<VipValue> {
-    let v = vip_lookup_raw(key);
+fn vip_lookup(addr: AddrWords, tail: u32) -> Option<VipValue> {
+    let v = vip_lookup_raw(addr[0], addr[1], tail);
     if v == u64::MAX {
         None
     } else {
@@ -148,15 +152,12 @@ fn vip_lookup(key: &VipKey) -> Option<VipValue> {
 /// `u64::MAX` when not found. (Inlined, LLVM moved an undefined register on the
 /// not-found path, which the verifier rejects.)
 #[inline(never)]
-fn vip_lookup_raw(key: &VipKey) -> u64 {
-    let h = vip_slot_hash(key);
-    // The key as the three words a slot stores it in (address halves; port, protocol and
-    // family), built once; each probe then compares words loaded from the 8-byte-aligned
-    // map value instead of bytes.
-    let a = &key.addr;
-    let k0 = u64::from_ne_bytes([a[0], a[1], a[2], a[3], a[4], a[5], a[6], a[7]]);
-    let k1 = u64::from_ne_bytes([a[8], a[9], a[10], a[11], a[12], a[13], a[14], a[15]]);
-    let k2 = u32::from_ne_bytes([key.port[0], key.port[1], key.proto, key.family]);
+fn vip_lookup_raw(a0: u64, a1: u64, tail: u32) -> u64 {
+    let h = vip_slot_hash_words([a0, a1], tail);
+    // The key is the three words a slot stores it in (address halves; port, protocol and
+    // family); each probe compares them with words loaded from the 8-byte-aligned map
+    // value.
+    let (k0, k1, k2) = (a0.to_le(), a1.to_le(), tail.to_le());
     let mut i = 0;
     while i < VIP_PROBES {
         if let Some(p) = VIPS.get_ptr((h + i) & (VIP_TABLE_SLOTS - 1)) {
@@ -185,12 +186,12 @@ fn vip_lookup_raw(key: &VipKey) -> u64 {
 }
 
 #[inline(always)]
-fn is_vip_addr(family: u8, addr: [u8; 16]) -> bool {
-    vip_lookup(&VipKey::address(family, addr)).is_some()
+fn is_vip_addr(family: u8, addr: AddrWords) -> bool {
+    vip_lookup(addr, vip_tail(0, 0, family)).is_some()
 }
 
 #[inline(always)]
-fn malformed(family: u8, dst: [u8; 16]) -> Step {
+fn malformed(family: u8, dst: AddrWords) -> Step {
     if is_vip_addr(family, dst) {
         Step::Done(ExitReason::DropMalformed)
     } else {
@@ -232,9 +233,9 @@ fn ipv4(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
     if len < l3 + IPV4_HLEN {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
-    let dst = v4_field(bytes4(ctx, l3 + 16)?);
+    let dst = v4_addr_at(ctx, l3 + 16)?;
     let proto = u8_at(ctx, l3 + 9)?;
-    if proto != PROTO_IPIP && !filter_hit(&dst) {
+    if proto != PROTO_IPIP && !filter_hit(dst) {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
     let vhl = u8_at(ctx, l3)?;
@@ -247,7 +248,7 @@ fn ipv4(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
         family: FAMILY_V4,
         l4: l3 + ihl,
         end: l3 + total,
-        src: v4_field(bytes4(ctx, l3 + 12)?),
+        src: v4_addr_at(ctx, l3 + 12)?,
         dst,
     };
     let fragmented = be16_at(ctx, l3 + 6)? & 0x3fff != 0;
@@ -273,9 +274,9 @@ fn ipv6(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
     if len < l3 + IPV6_HLEN {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
-    let dst = bytes16(ctx, l3 + 24)?;
+    let dst = v6_addr_at(ctx, l3 + 24)?;
     let nh = u8_at(ctx, l3 + 6)?;
-    if nh != PROTO_IPV6 && !filter_hit(&dst) {
+    if nh != PROTO_IPV6 && !filter_hit(dst) {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
     let payload = be16_at(ctx, l3 + 4)? as usize;
@@ -286,7 +287,7 @@ fn ipv6(ctx: &XdpContext, len: usize, l3: usize) -> Option<Step> {
         family: FAMILY_V6,
         l4: l3 + IPV6_HLEN,
         end: l3 + IPV6_HLEN + payload,
-        src: bytes16(ctx, l3 + 8)?,
+        src: v6_addr_at(ctx, l3 + 8)?,
         dst,
     };
     match nh {
@@ -315,17 +316,18 @@ fn decap_check(
     let inner = ip.l4;
     let ours = if ip.family == FAMILY_V4 {
         node.flags & NODE_F_V4 != 0
-            && addr4_eq(v4_of(&ip.dst), node.addr4)
+            && ip.dst[0] == u64::from(u32::from_le(node_addr4(node)))
             && !fragmented
             && inner + IPV4_HLEN <= ip.end
             && u8_at(ctx, inner)? >> 4 == 4
-            && is_vip_addr(FAMILY_V4, v4_field(bytes4(ctx, inner + 16)?))
+            && is_vip_addr(FAMILY_V4, v4_addr_at(ctx, inner + 16)?)
     } else {
+        let a = node_addr6(node);
         node.flags & NODE_F_V6 != 0
-            && addr_eq(&ip.dst, &node.addr6)
+            && ip.dst == [u64::from_le(a[0]), u64::from_le(a[1])]
             && inner + IPV6_HLEN <= ip.end
             && u8_at(ctx, inner)? >> 4 == 6
-            && is_vip_addr(FAMILY_V6, bytes16(ctx, inner + 24)?)
+            && is_vip_addr(FAMILY_V6, v6_addr_at(ctx, inner + 24)?)
     };
     Some(if ours {
         Step::Decap { l3, outer }
@@ -378,8 +380,8 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
             return Some(Step::Done(ExitReason::PassNotVip));
         }
         (
-            v4_field(bytes4(ctx, q + 12)?),
-            v4_field(bytes4(ctx, q + 16)?),
+            v4_addr_at(ctx, q + 12)?,
+            v4_addr_at(ctx, q + 16)?,
             q + ((vhl & 0x0f) as usize) * 4,
             u8_at(ctx, q + 9)?,
         )
@@ -388,8 +390,8 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
             return Some(Step::Done(ExitReason::PassNotVip));
         }
         (
-            bytes16(ctx, q + 8)?,
-            bytes16(ctx, q + 24)?,
+            v6_addr_at(ctx, q + 8)?,
+            v6_addr_at(ctx, q + 24)?,
             q + IPV6_HLEN,
             u8_at(ctx, q + 6)?,
         )
@@ -397,26 +399,12 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
     if (qproto != PROTO_TCP && qproto != PROTO_UDP) || ql4 + 8 > ip.end {
         return Some(Step::Done(ExitReason::PassNotVip));
     }
-    let qsport = bytes2(ctx, ql4)?;
-    let qdport = bytes2(ctx, ql4 + 2)?;
-    let vkey = VipKey {
-        addr: qsrc,
-        port: qsport,
-        proto: qproto,
-        family: ip.family,
-    };
-    let Some(vip) = vip_lookup(&vkey) else {
+    let qsport = raw16(ctx, ql4)?;
+    let qdport = raw16(ctx, ql4 + 2)?;
+    let Some(vip) = vip_lookup(qsrc, vip_tail(qsport, qproto, ip.family)) else {
         return Some(Step::Done(ExitReason::PassNotVip));
     };
-    let key = FlowKey {
-        src: qdst,
-        dst: qsrc,
-        sport: qdport,
-        dport: qsport,
-        proto: qproto,
-        family: ip.family,
-        _pad: [0; 2],
-    };
+    let key = FlowKey::from_words(qdst, qsrc, qdport, qsport, qproto, ip.family);
     let mut gw = NO_GATEWAY;
     if vip.flags & VIP_F_NO_CONNTRACK == 0 {
         gw = lookup_flow(&key);
@@ -447,15 +435,9 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8, len: u64) -> Option<Step> {
     if !ok {
         return Some(malformed(ip.family, ip.dst));
     }
-    let sport = bytes2(ctx, l4)?;
-    let dport = bytes2(ctx, l4 + 2)?;
-    let vkey = VipKey {
-        addr: ip.dst,
-        port: dport,
-        proto,
-        family: ip.family,
-    };
-    let Some(vip) = vip_lookup(&vkey) else {
+    let sport = raw16(ctx, l4)?;
+    let dport = raw16(ctx, l4 + 2)?;
+    let Some(vip) = vip_lookup(ip.dst, vip_tail(dport, proto, ip.family)) else {
         return Some(Step::Done(ExitReason::PassNotVip));
     };
     let stats = VIP_STATS.get_ptr_mut(vip.id);
@@ -466,15 +448,7 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8, len: u64) -> Option<Step> {
             (*s).bytes += len;
         }
     }
-    let key = FlowKey {
-        src: ip.src,
-        dst: ip.dst,
-        sport,
-        dport,
-        proto,
-        family: ip.family,
-        _pad: [0; 2],
-    };
+    let key = FlowKey::from_words(ip.src, ip.dst, sport, dport, proto, ip.family);
     let syn = proto == PROTO_TCP && u8_at(ctx, l4 + 13)? & 0x12 == 0x02;
     let conntrack = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let mut gw = NO_GATEWAY;
@@ -515,70 +489,132 @@ fn adjust_head(ctx: &XdpContext, delta: i32) -> Option<()> {
     if r == 0 { Some(()) } else { None }
 }
 
-/// The Ethernet header of an encapsulated frame: the gateway's next-hop MAC, this node's
-/// MAC and `proto` (0x8100 when the input was tagged; the tag and the inner EtherType are
-/// written after it).
+// Map values are 8-byte aligned and `GatewayValue`/`NodeConfig` are `align(8)` with
+// the same layout: flags at 0, the IPv4 address at 4, the IPv6 address at 8, the MAC at
+// 24. Their fields are read as words through these (byte-array fields would otherwise be
+// read a byte at a time).
+
 #[inline(always)]
-fn eth_header(g: &GatewayValue, src: &[u8; 6], proto: u16) -> [u8; ETH_HLEN] {
-    let m = &g.mac;
-    let p = proto.to_be_bytes();
-    [
-        m[0], m[1], m[2], m[3], m[4], m[5], src[0], src[1], src[2], src[3], src[4], src[5], p[0],
-        p[1],
-    ]
+fn node_addr4(n: &NodeConfig) -> u32 {
+    // SAFETY: a 4-byte field at a 4-byte-aligned offset of a live reference.
+    unsafe { core::ptr::addr_of!(n.addr4).cast::<u32>().read() }
+}
+
+#[inline(always)]
+fn node_addr6(n: &NodeConfig) -> [u64; 2] {
+    // SAFETY: a 16-byte field at an 8-byte-aligned offset of a live reference.
+    unsafe { core::ptr::addr_of!(n.addr6).cast::<[u64; 2]>().read() }
+}
+
+/// A MAC address as its first four bytes and last two, raw.
+#[inline(always)]
+fn mac_words(m: &[u8; 6]) -> (u32, u16) {
+    // SAFETY: callers pass the `mac` field of a `NodeConfig` or `GatewayValue` (offset
+    // 24 of an 8-byte-aligned value), so both reads are aligned and inside the field.
+    unsafe {
+        let p = core::ptr::addr_of!(*m);
+        (
+            p.cast::<u32>().read(),
+            p.cast::<u8>().add(4).cast::<u16>().read(),
+        )
+    }
+}
+
+/// Writes the Ethernet header of an encapsulated frame: the gateway's next-hop MAC, this
+/// node's MAC and `proto` (0x8100 when the input was tagged; the tag and the inner
+/// EtherType are written after it).
+#[inline(always)]
+fn put_eth(ctx: &XdpContext, g: &GatewayValue, n: &NodeConfig, proto: u16) -> Option<()> {
+    let eth = Span::<ETH_HLEN>::at(ctx, 0)?;
+    let (d0, d1) = mac_words(&g.mac);
+    let (s0, s1) = mac_words(&n.mac);
+    eth.put(0, d0);
+    eth.put(4, d1);
+    eth.put(6, s0);
+    eth.put(10, s1);
+    eth.put(12, proto.to_be());
+    Some(())
 }
 
 #[inline(always)]
 fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason> {
-    let g = *GATEWAYS.get(gw)?;
+    let g = GATEWAYS.get(gw)?;
     if g.flags & GW_F_LOCAL != 0 {
         count_gateway(gw, len);
         return Some(ExitReason::Local);
     }
-    let node = *NODE.get(0)?;
+    let node = NODE.get(0)?;
+    // The tag as plain values, never an `Option`: an `Option<u16>` left its undefined
+    // payload in a register that LLVM spilled, which the verifier refuses.
     let mut proto = be16_at(ctx, 12)?;
-    let mut tci = None;
-    if proto == ETH_P_8021Q {
-        tci = Some(bytes2(ctx, 14)?);
+    let tagged = proto == ETH_P_8021Q;
+    let mut tci = 0;
+    if tagged {
+        tci = raw16(ctx, 14)?;
         proto = be16_at(ctx, 16)?;
     }
-    let l3 = if tci.is_some() { VLAN_L3 } else { ETH_HLEN };
-    let eth = eth_header(
-        &g,
-        &node.mac,
-        if tci.is_some() { ETH_P_8021Q } else { proto },
-    );
+    let l3 = if tagged { VLAN_L3 } else { ETH_HLEN };
+    let eth_proto = if tagged { ETH_P_8021Q } else { proto };
     if proto == ETH_P_IP {
         if node.flags & NODE_F_V4 == 0 || g.flags & GW_F_V4 == 0 {
             return Some(ExitReason::DropNoGateway);
         }
-        let outer = outer_ipv4(
-            u8_at(ctx, l3 + 1)?,
-            be16_at(ctx, l3 + 2)?,
-            u8_at(ctx, l3 + 6)? & 0x40 != 0,
-            node.addr4,
-            g.addr4,
-        );
+        // The outer header (RFC 2003), as five native words of its raw bytes: TOS copied
+        // from the inner header (DSCP and ECN, RFC 6040 normal mode), total length =
+        // inner + 20, DF copied, identification 0, TTL `OUTER_TTL`, protocol 4. The same
+        // bytes as `lb_common::datapath::outer_ipv4`, which the model uses.
+        let in0 = raw32(ctx, l3)?.to_ne_bytes();
+        let df = u8_at(ctx, l3 + 6)? & 0x40;
+        let total = u16::from_be_bytes([in0[2], in0[3]])
+            .wrapping_add(IPV4_HLEN as u16)
+            .to_be_bytes();
+        let w0 = u32::from_ne_bytes([0x45, in0[1], total[0], total[1]]);
+        let w1 = u32::from_ne_bytes([0, 0, df, 0]);
+        let (src, dst) = (node_addr4(node), g_addr4(g));
+        let c = ipv4_checksum_words([
+            w0,
+            w1,
+            u32::from_ne_bytes([OUTER_TTL, PROTO_IPIP, 0, 0]),
+            src,
+            dst,
+        ])
+        .to_ne_bytes();
         adjust_head(ctx, -(IPV4_HLEN as i32))?;
-        write_bytes(ctx, 0, &eth)?;
-        write_bytes(ctx, l3, &outer)?;
+        put_eth(ctx, g, node, eth_proto)?;
+        let ip = Span::<IPV4_HLEN>::at(ctx, l3)?;
+        ip.put(0, w0);
+        ip.put(4, w1);
+        ip.put(8, u32::from_ne_bytes([OUTER_TTL, PROTO_IPIP, c[0], c[1]]));
+        ip.put(12, src);
+        ip.put(16, dst);
     } else {
         if node.flags & NODE_F_V6 == 0 || g.flags & GW_F_V6 == 0 {
             return Some(ExitReason::DropNoGateway);
         }
-        let outer = outer_ipv6(
-            bytes4(ctx, l3)?,
-            be16_at(ctx, l3 + 4)?,
-            &node.addr6,
-            &g.addr6,
-        );
+        // The outer header (RFC 2473): version, traffic class and flow label copied from
+        // the inner header, payload length = inner + 40, next header 41, hop limit
+        // `OUTER_TTL`; the same bytes as `lb_common::datapath::outer_ipv6`.
+        let in0 = raw32(ctx, l3)?.to_ne_bytes();
+        let payload = be16_at(ctx, l3 + 4)?
+            .wrapping_add(IPV6_HLEN as u16)
+            .to_be_bytes();
+        let w0 = u32::from_ne_bytes([0x60 | (in0[0] & 0x0f), in0[1], in0[2], in0[3]]);
+        let w1 = u32::from_ne_bytes([payload[0], payload[1], PROTO_IPV6, OUTER_TTL]);
+        let (src, dst) = (node_addr6(node), g_addr6(g));
         adjust_head(ctx, -(IPV6_HLEN as i32))?;
-        write_bytes(ctx, 0, &eth)?;
-        write_bytes(ctx, l3, &outer)?;
+        put_eth(ctx, g, node, eth_proto)?;
+        let ip = Span::<IPV6_HLEN>::at(ctx, l3)?;
+        ip.put(0, w0);
+        ip.put(4, w1);
+        ip.put(8, src[0]);
+        ip.put(16, src[1]);
+        ip.put(24, dst[0]);
+        ip.put(32, dst[1]);
     }
-    if let Some(tci) = tci {
-        let p = proto.to_be_bytes();
-        write_bytes(ctx, ETH_HLEN, &[tci[0], tci[1], p[0], p[1]])?;
+    if tagged {
+        let tag = Span::<4>::at(ctx, ETH_HLEN)?;
+        tag.put(0, tci);
+        tag.put(2, proto.to_be());
     }
     count_gateway(gw, len);
     Some(if icmp {
@@ -589,17 +625,38 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
 }
 
 #[inline(always)]
+fn g_addr4(g: &GatewayValue) -> u32 {
+    // SAFETY: as `node_addr4`.
+    unsafe { core::ptr::addr_of!(g.addr4).cast::<u32>().read() }
+}
+
+#[inline(always)]
+fn g_addr6(g: &GatewayValue) -> [u64; 2] {
+    // SAFETY: as `node_addr6`.
+    unsafe { core::ptr::addr_of!(g.addr6).cast::<[u64; 2]>().read() }
+}
+
+#[inline(always)]
 fn decap(ctx: &XdpContext, l3: usize, outer: usize) -> Option<ExitReason> {
-    // `outer` is 20..=60 (IPv4, from the IHL) or 40 (IPv6).
+    // `outer` is 20..=60 (IPv4, from the IHL) or 40 (IPv6). The Ethernet header (with its
+    // tag) is copied in words from before the outer header to the new start.
     let outer = outer & 0x3f;
     if l3 == VLAN_L3 {
-        let eth = read_bytes::<VLAN_L3>(ctx, 0)?;
+        let eth = Span::<VLAN_L3>::at(ctx, 0)?;
+        let (a, b, c) = (eth.get::<u64>(0), eth.get::<u64>(8), eth.get::<u16>(16));
         adjust_head(ctx, outer as i32)?;
-        write_bytes(ctx, 0, &eth)?;
+        let eth = Span::<VLAN_L3>::at(ctx, 0)?;
+        eth.put(0, a);
+        eth.put(8, b);
+        eth.put(16, c);
     } else {
-        let eth = read_bytes::<ETH_HLEN>(ctx, 0)?;
+        let eth = Span::<ETH_HLEN>::at(ctx, 0)?;
+        let (a, b, c) = (eth.get::<u64>(0), eth.get::<u32>(8), eth.get::<u16>(12));
         adjust_head(ctx, outer as i32)?;
-        write_bytes(ctx, 0, &eth)?;
+        let eth = Span::<ETH_HLEN>::at(ctx, 0)?;
+        eth.put(0, a);
+        eth.put(8, b);
+        eth.put(12, c);
     }
     Some(ExitReason::Decap)
 }
