@@ -96,8 +96,15 @@ fn malformed_adverts_are_counted_and_ignored() {
         }],
         &format!("[metrics]\nlisten = \"{metrics_at}\"\n"),
     );
-    let _agent = start_agent(&lab, &scratch, "node1", &files);
+    let agent = start_agent(&lab, &scratch, "node1", &files);
     wait_until("node1 is master", 10, || has_addr(&lab, "node1", vip));
+    // An idle Master sends a few adverts a second and waits otherwise. (A state task that
+    // re-read an unchanged VRRP status in a loop once burned a whole core: ~2 s of CPU
+    // in these 2 s; an idle agent uses a few ms.)
+    let before = cpu_seconds(agent.pid());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let used = cpu_seconds(agent.pid()) - before;
+    assert!(used < 0.2, "the idle agent used {used:.2} s of CPU in 2 s");
 
     // A valid advert of a higher priority would take mastership; every one of these is
     // broken in one way and must change nothing.

@@ -303,6 +303,18 @@ pub fn agent_state(socket: &Path, name: &str) -> Option<String> {
 }
 
 /// Polls `f` every 20 ms until it holds; panics after `secs` seconds naming `what`.
+/// CPU time (user + system, seconds) of process `pid` so far, from `/proc`.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks / hz
+}
+
 pub fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Duration {
     let start = Instant::now();
     let deadline = start + Duration::from_secs(secs);

@@ -23,7 +23,8 @@ use super::{
     admin_state::{AdminState, Change, GatewayAdmin},
     config::{AgentConfig, ConfigIssue},
     health::{self, Health, ProbeResult},
-    l4::{L4Counters, L4Dataplane},
+    l4::{DesiredL4, L4Counters, L4Dataplane},
+    l4_worker::{L4Report, L4Worker},
     metrics::Metrics,
     netlink::{self, LinkInfo},
     ring,
@@ -123,6 +124,8 @@ pub enum StartError {
     Vrrp(#[from] vrrp_driver::VrrpError),
     #[error(transparent)]
     L4(#[from] super::l4::L4Error),
+    #[error("L4 data path thread: {0}")]
+    L4Thread(String),
 }
 
 struct Daemon {
@@ -137,7 +140,11 @@ struct Daemon {
     gateway_ready: Option<bool>,
     ready_task: Option<JoinHandle<()>>,
     ready_tx: mpsc::Sender<(u64, Result<(), String>)>,
-    l4: Option<Box<dyn L4Dataplane>>,
+    /// The data path's thread; `None` without `[xdp]` (and until the first apply).
+    l4: Option<L4Worker>,
+    /// The newest desired data-path state (what the thread was last given).
+    desired_l4: Option<DesiredL4>,
+    l4_attached: bool,
     l4_status: L4Status,
     members: Option<Vec<MaglevBackend>>,
     ring_rebuilds: u64,
@@ -204,7 +211,9 @@ pub async fn start(
             enabled: l4.is_some(),
             ..Default::default()
         },
-        l4,
+        l4_attached: l4.as_ref().is_some_and(|dp| dp.attached()),
+        l4: None,
+        desired_l4: None,
         members: None,
         ring_rebuilds: 0,
         vrrp: None,
@@ -235,6 +244,11 @@ pub async fn start(
         .admin_state_version
         .set(i64::try_from(d.admin.max_version()).unwrap_or(i64::MAX));
     d.rebuild(true);
+    // The first state is written before VRRP starts (traffic may arrive as soon as this
+    // node is Master); later ones go through the data path's thread.
+    if let Some(dp) = l4 {
+        d.l4 = Some(d.first_l4_apply(dp).await?);
+    }
     let vrrp = vrrp_driver::spawn(cfg.vrrp.clone(), d.deduction, metrics.clone())?;
     d.vrrp_status = vrrp.status.borrow().clone();
     d.vrrp = Some(vrrp);
@@ -256,10 +270,12 @@ impl Daemon {
         mut ready: mpsc::Receiver<(u64, Result<(), String>)>,
         mut links: mpsc::Receiver<BTreeMap<String, LinkInfo>>,
     ) {
-        let mut counters_tick = tokio::time::interval(Duration::from_secs(1));
-        counters_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let mut vrrp_status = self.vrrp.as_ref().map(|v| v.status.clone());
+            // The watch receivers are polled in place (`changed` marks what it saw): a
+            // clone per iteration would start from the original's last-seen version and
+            // report the same change again and again.
+            let vrrp_status = self.vrrp.as_mut().map(|v| &mut v.status);
+            let l4_reports = self.l4.as_mut().map(|w| &mut w.reports);
             tokio::select! {
                 cmd = commands.recv() => {
                     let Some(cmd) = cmd else { break };
@@ -284,7 +300,7 @@ impl Daemon {
                     self.retrack().await;
                 }
                 Ok(()) = async {
-                    match vrrp_status.as_mut() {
+                    match vrrp_status {
                         Some(rx) => rx.changed().await,
                         None => std::future::pending().await,
                     }
@@ -293,13 +309,19 @@ impl Daemon {
                         self.vrrp_status = v.status.borrow().clone();
                     }
                 }
-                _ = counters_tick.tick() => {
-                    if let Some(l4) = &self.l4 {
-                        match l4.counters() {
-                            Ok(c) => self.l4_status.counters = Some(c),
-                            Err(e) => self.l4_status.error = Some(e.to_string()),
+                Ok(()) = async {
+                    match l4_reports {
+                        Some(rx) => rx.changed().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    if let Some(w) = &self.l4 {
+                        let r = w.reports.borrow().clone();
+                        self.take_l4_report(&r);
+                        if r.attached != self.l4_attached {
+                            self.l4_attached = r.attached;
+                            self.retrack().await;
                         }
-                        self.metrics.set_l4_counters(self.l4_status.counters.clone());
                     }
                 }
             }
@@ -569,8 +591,7 @@ impl Daemon {
         let t = &self.cfg.tracking;
         let mut checks = Vec::new();
         if let Some((iface, w)) = &t.xdp_attached {
-            let ok = self.links.get(iface).is_some_and(|l| l.xdp)
-                || self.l4.as_ref().is_some_and(|l4| l4.attached());
+            let ok = self.links.get(iface).is_some_and(|l| l.xdp) || self.l4_attached;
             checks.push((format!("xdp_attached({iface})"), ok, *w));
         }
         if let Some(gr) = &t.gateway_ready {
@@ -659,16 +680,58 @@ impl Daemon {
                 return;
             }
         };
-        if let (Some(l4), Some(desired)) = (self.l4.as_mut(), ring::desired_l4(&self.cfg, &table)) {
-            match l4.apply(&desired) {
-                Ok(()) => self.l4_status.error = None,
-                Err(e) => {
-                    self.metrics.l4_apply_errors.inc();
-                    tracing::error!(error = %e, "writing the data path failed; the previous state keeps serving");
-                    self.l4_status.error = Some(e.to_string());
-                }
+        if self.l4_status.enabled
+            && let Some(desired) = ring::desired_l4(&self.cfg, &table)
+        {
+            if let Some(w) = &self.l4 {
+                w.apply(desired.clone());
             }
+            self.desired_l4 = Some(desired);
         }
+    }
+
+    /// Writes the first desired state with `dp` (off the runtime's threads: it may wait
+    /// for neighbour entries), then hands `dp` to its thread.
+    async fn first_l4_apply(
+        &mut self,
+        mut dp: Box<dyn L4Dataplane>,
+    ) -> Result<L4Worker, StartError> {
+        let desired = self.desired_l4.clone();
+        let (dp, result) = tokio::task::spawn_blocking(move || {
+            let result = desired.as_ref().map(|d| dp.apply(d));
+            let counters = dp.counters();
+            (dp, (result, counters))
+        })
+        .await
+        .map_err(|e| StartError::L4Thread(e.to_string()))?;
+        let (applied, counters) = result;
+        let mut report = L4Report {
+            attached: dp.attached(),
+            ..L4Report::default()
+        };
+        match applied {
+            Some(Ok(())) => report.applied = 1,
+            Some(Err(e)) => {
+                self.metrics.l4_apply_errors.inc();
+                tracing::error!(error = %e, "writing the data path failed");
+                report.apply_error = Some(e.to_string());
+            }
+            None => {}
+        }
+        match counters {
+            Ok(c) => report.counters = Some(c),
+            Err(e) => report.counters_error = Some(e.to_string()),
+        }
+        self.metrics.set_l4_counters(report.counters.clone());
+        self.take_l4_report(&report);
+        self.l4_attached = report.attached;
+        L4Worker::spawn(dp, self.metrics.clone(), report)
+            .map_err(|e| StartError::L4Thread(e.to_string()))
+    }
+
+    fn take_l4_report(&mut self, r: &L4Report) {
+        self.l4_status.counters = r.counters.clone();
+        self.l4_status.error = r.apply_error.clone().or_else(|| r.counters_error.clone());
     }
 
     fn publish(&self) {

@@ -8,6 +8,7 @@
 //!
 //! * [`config`]: TOML -> validated configuration with key-path errors;
 //! * [`l4`]: the trait the XDP data path implements, and what the agent hands it;
+//! * [`l4_worker`]: the thread that applies it, so the state task never blocks on it;
 //! * [`ring`]: gateway set + health + admin state -> Maglev ring;
 //! * [`admin_state`]: drain/enable/weight, versioned, persisted, merged;
 //! * [`metrics`]: the Prometheus registry.
@@ -19,6 +20,7 @@ pub mod daemon;
 pub mod health;
 pub mod http;
 pub mod l4;
+pub mod l4_worker;
 pub mod metrics;
 pub mod netlink;
 pub mod ring;
