@@ -29,7 +29,10 @@ const ADMIN_PORT: u16 = 9901;
 const CLUSTER_PORT: u16 = 7900;
 const NODES: [&str; 3] = ["node1", "node2", "node3"];
 
-fn extra(me: u8) -> String {
+/// The cluster's shared token (every agent reads it from `token_file`).
+const TOKEN: &str = "cluster-secret-0123456789";
+
+fn extra(me: u8, token_file: &std::path::Path) -> String {
     let mut s = String::new();
     for n in 1..=3u8 {
         s.push_str(&format!(
@@ -43,9 +46,10 @@ fn extra(me: u8) -> String {
         .map(|n| format!("\"{}:{CLUSTER_PORT}\"", node_v4(NET, n)))
         .collect();
     s.push_str(&format!(
-        "[cluster]\nlisten = \"{}:{CLUSTER_PORT}\"\npeers = [{}]\nsync_interval_ms = 300\n",
+        "[cluster]\nlisten = \"{}:{CLUSTER_PORT}\"\npeers = [{}]\nsync_interval_ms = 300\ntoken_file = \"{}\"\n",
         node_v4(NET, me),
-        peers.join(", ")
+        peers.join(", "),
+        token_file.display()
     ));
     s
 }
@@ -136,8 +140,10 @@ fn drain_enable_weight_converge_across_three_agents_with_a_restart() {
         };
         fake_gateway_admin(&lab, h, c);
     }
+    let token_file = scratch.path("cluster.token");
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
     let files: Vec<AgentFiles> = (1..=3u8)
-        .map(|n| agent_config(&scratch, &format!("node{n}"), &[], &extra(n)))
+        .map(|n| agent_config(&scratch, &format!("node{n}"), &[], &extra(n, &token_file)))
         .collect();
     let mut agents: Vec<Proc> = (0..3)
         .map(|i| start_agent(&lab, &scratch, NODES[i], &files[i]))
@@ -254,6 +260,31 @@ fn drain_enable_weight_converge_across_three_agents_with_a_restart() {
             reports(&f.socket, "node3", "drained", 100, false)
         });
     }
+
+    // The cluster endpoint wants the shared token: a push without it, or with another,
+    // is refused and changes nothing (node1 stays at weight 300).
+    let rogue = r#"{"node":"rogue","state":{"gateways":{"node1":{"mode":"drained","weight":1,"version":999,"origin":"rogue"}}}}"#;
+    // (A well-formed state: with the token it would win, being newer.)
+    serde_json::from_str::<lb_userspace::agent::api::PeerState>(rogue).unwrap();
+    for auth in ["", "authorization: Bearer wrong-token-0123456789\r\n"] {
+        let reply = lab
+            .in_host("node2", || {
+                let mut s =
+                    std::net::TcpStream::connect((node_v4(NET, 1), CLUSTER_PORT)).unwrap();
+                write!(
+                    s,
+                    "POST /v1/cluster/state HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{rogue}",
+                    rogue.len()
+                )
+                .unwrap();
+                let mut out = String::new();
+                s.read_to_string(&mut out).unwrap();
+                out
+            })
+            .unwrap();
+        assert!(reply.starts_with("HTTP/1.1 401"), "{auth:?}: {reply}");
+    }
+    assert!(reports(&files[0].socket, "node1", "enabled", 300, true));
 
     // Unknown gateway: refused with exit 1 and a message.
     let (code, _, err) = lbctl(&files[0].socket, &["drain", "nosuch"]);

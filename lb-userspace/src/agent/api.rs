@@ -264,13 +264,30 @@ async fn body<T: for<'de> Deserialize<'de>>(
 }
 
 async fn handle(ctx: &ApiCtx, surface: &Surface, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    if let Surface::Remote { token } = surface {
+    // The token the request must carry: the HTTPS admin token, or on the cluster
+    // endpoint the cluster's shared token of the running configuration (if set).
+    let required = match surface {
+        Surface::Remote { token } => Some(token.clone()),
+        Surface::Cluster => ctx
+            .snapshot
+            .borrow()
+            .cfg
+            .cluster
+            .token
+            .as_ref()
+            .map(|t| t.0.clone()),
+        Surface::Local | Surface::Metrics => None,
+    };
+    if let Some(token) = required {
         let given = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         if !given.is_some_and(|g| constant_time_eq(g.as_bytes(), token.as_bytes())) {
+            if matches!(surface, Surface::Cluster) {
+                ctx.metrics.cluster_unauthorized.inc();
+            }
             let mut resp = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -512,10 +529,20 @@ pub async fn push_to_peers(
         Ok(b) => b,
         Err(e) => return peers.iter().map(|p| (*p, Err(e.to_string()))).collect(),
     };
+    let token = ctx
+        .snapshot
+        .borrow()
+        .cfg
+        .cluster
+        .token
+        .as_ref()
+        .map(|t| t.0.clone());
     let calls = peers.iter().map(|peer| {
         let body = body.clone();
+        let token = token.clone();
         async move {
-            let call = Call::post("/v1/cluster/state", body);
+            let mut call = Call::post("/v1/cluster/state", body);
+            call.token = token.as_deref();
             (*peer, exchange_state(*peer, &call).await)
         }
     });

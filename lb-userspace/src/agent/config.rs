@@ -232,6 +232,8 @@ struct RawCluster {
     peers: Vec<String>,
     #[serde(default = "default_sync_ms")]
     sync_interval_ms: u64,
+    #[serde(default)]
+    token_file: Option<PathBuf>,
 }
 
 impl Default for RawCluster {
@@ -240,6 +242,7 @@ impl Default for RawCluster {
             listen: None,
             peers: Vec::new(),
             sync_interval_ms: default_sync_ms(),
+            token_file: None,
         }
     }
 }
@@ -447,6 +450,38 @@ pub struct ClusterConfig {
     pub peers: Vec<SocketAddr>,
     /// Period of the anti-entropy pull.
     pub sync_interval: Duration,
+    /// The shared secret of the cluster (`token_file`'s content): required as a bearer
+    /// token on the cluster endpoint and sent to the peers. `None`: no authentication.
+    pub token: Option<Secret>,
+}
+
+/// A secret read from a file; `Debug` does not show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub std::sync::Arc<str>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// Reads a token file: its content without trailing whitespace, at least 16 characters.
+pub fn read_token(path: &Path) -> Result<String, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let token = text.trim_end().to_owned();
+    if token.len() < 16 {
+        return Err(format!(
+            "{}: the token must have at least 16 characters",
+            path.display()
+        ));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "{}: the token must be one word (no spaces or control characters)",
+            path.display()
+        ));
+    }
+    Ok(token)
 }
 
 /// `[admin]`.
@@ -726,6 +761,17 @@ impl Validator {
                 100,
                 3_600_000,
             ),
+            token: raw
+                .cluster
+                .token_file
+                .as_deref()
+                .and_then(|p| match read_token(p) {
+                    Ok(t) => Some(Secret(t.into())),
+                    Err(e) => {
+                        self.err("cluster.token_file", e);
+                        None
+                    }
+                }),
         };
         if !cluster.peers.is_empty() && cluster.listen.is_none() {
             self.err(

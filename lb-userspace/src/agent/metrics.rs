@@ -41,6 +41,7 @@ pub struct Metrics {
     pub admin_state_version: IntGauge,
     pub admin_changes: IntCounterVec,
     pub cluster_syncs: IntCounterVec,
+    pub cluster_unauthorized: IntCounter,
     pub config_reloads: IntCounterVec,
     pub priority_deduction: IntGauge,
     l4: Arc<Mutex<Option<L4Counters>>>,
@@ -189,6 +190,13 @@ impl Metrics {
                 "lb_cluster_syncs_total",
                 "Admin-state exchanges with peers, by result.",
                 &["peer", "result"],
+            )?,
+            cluster_unauthorized: reg(
+                r,
+                IntCounter::new(
+                    "lb_cluster_unauthorized_total",
+                    "Requests to the cluster endpoint refused for a missing or wrong token.",
+                )?,
             )?,
             config_reloads: counter_vec(
                 "lb_config_reloads_total",

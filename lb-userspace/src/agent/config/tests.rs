@@ -163,6 +163,55 @@ fn peers_need_a_listen_address() {
 }
 
 #[test]
+fn cluster_token_is_read_and_checked() {
+    let dir = std::env::temp_dir().join(format!("lb-agent-token-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let with = |file: &Path| {
+        FULL.replace(
+            "peers = [\"10.0.0.2:7900\"]\n",
+            &format!(
+                "peers = [\"10.0.0.2:7900\"]\ntoken_file = \"{}\"\n",
+                file.display()
+            ),
+        )
+    };
+    let good = dir.join("good");
+    std::fs::write(&good, "s3cr3t-0123456789abcdef\n").unwrap();
+    let cfg = parse(Path::new("a.toml"), &with(&good)).unwrap();
+    assert_eq!(
+        cfg.cluster.token.as_ref().map(|t| &*t.0),
+        Some("s3cr3t-0123456789abcdef")
+    );
+    assert!(
+        !format!("{cfg:?}").contains("s3cr3t"),
+        "Debug shows the token"
+    );
+    let short = dir.join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+    let got = issues(&with(&short));
+    assert!(
+        got.iter()
+            .any(|g| g.contains("cluster.token_file") && g.contains("at least 16")),
+        "{got:?}"
+    );
+    let spaced = dir.join("spaced");
+    std::fs::write(&spaced, "two words in one token\n").unwrap();
+    let got = issues(&with(&spaced));
+    assert!(
+        got.iter()
+            .any(|g| g.contains("cluster.token_file") && g.contains("one word")),
+        "{got:?}"
+    );
+    let got = issues(&with(&dir.join("missing")));
+    assert!(
+        got.iter()
+            .any(|g| g.contains("cluster.token_file") && g.contains("missing")),
+        "{got:?}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn minimal_config_uses_defaults() {
     let cfg = parse(
         Path::new("m.toml"),
