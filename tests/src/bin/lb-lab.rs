@@ -413,6 +413,18 @@ probe = {{ kind = "http", port = 9901, path = "/health/ready", expect_status = 2
     }
     let state = dir.join(format!("{node}-state"));
     let sock = dir.join(format!("{node}.sock"));
+    // The cluster's shared token, one file for the three agents (as an operator would
+    // copy one secret to every node).
+    let token = dir.join("cluster.token");
+    if !token.exists() {
+        let mut raw = [0u8; 16];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut raw))
+            .context("reading /dev/urandom")?;
+        let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        std::fs::write(&token, format!("{hex}\n"))
+            .with_context(|| format!("writing {}", token.display()))?;
+    }
     Ok(format!(
         r#"[node]
 name = "{node}"
@@ -438,6 +450,7 @@ vips = ["{vip6}"]
 listen = "{v4}:7900"
 peers = [{peers}]
 sync_interval_ms = 2000
+token_file = "{token}"
 
 [admin]
 socket = "{sock}"
@@ -452,6 +465,7 @@ ports = [{{ port = 80 }}]
 "#,
         state = state.display(),
         sock = sock.display(),
+        token = token.display(),
         vip4 = topology::VIP4,
         vip6 = topology::VIP6,
         peers = peers.join(", "),
