@@ -51,7 +51,12 @@ async fn health_and_admin_changes_reach_the_data_path() {
     // No VRRP instance (that needs root), so no VIP and no service: the gateway table and
     // the ring membership are checked here, the rings per service in `agent::ring`.
     let cfg = config::parse(Path::new("t.toml"), &text).unwrap();
-    let fake = FakeL4::default();
+    // Applies take a while, as a real one may; a change is acknowledged only once the
+    // data path has it.
+    let fake = FakeL4 {
+        delay: Duration::from_millis(200),
+        ..FakeL4::default()
+    };
     let handle = fake.clone();
     let factory: daemon::L4Factory =
         Box::new(move |_| Ok(Box::new(handle.clone()) as Box<dyn L4Dataplane>));
@@ -74,6 +79,7 @@ async fn health_and_admin_changes_reach_the_data_path() {
     assert_eq!(d.local_ipv4, Some("127.0.0.1".parse().unwrap()));
     assert!(d.services.is_empty(), "no VIP without a VRRP instance");
 
+    let before = fake.applied.lock().unwrap().len();
     let (tx, rx) = oneshot::channel();
     running
         .commands
@@ -85,6 +91,10 @@ async fn health_and_admin_changes_reach_the_data_path() {
         .await
         .unwrap();
     let applied = rx.await.unwrap().unwrap();
+    assert!(
+        fake.applied.lock().unwrap().len() > before,
+        "the drain was acknowledged before the data path had the new ring"
+    );
     assert_eq!(applied.entry.version, 1);
     assert_eq!(
         running.snapshot.borrow().ring,

@@ -111,6 +111,28 @@ pub enum Command {
     Shutdown { reply: oneshot::Sender<()> },
 }
 
+/// A reply that confirms a change, sent once the data path has it (so that when `lbctl
+/// drain` returns, new connections already avoid the gateway on every node that said yes).
+enum Deferred {
+    Change(
+        oneshot::Sender<Result<ChangeApplied, CommandError>>,
+        Result<ChangeApplied, CommandError>,
+    ),
+    Merge(oneshot::Sender<AdminState>, AdminState),
+}
+
+impl Deferred {
+    fn send(self) {
+        let gone = match self {
+            Deferred::Change(tx, r) => tx.send(r).is_err(),
+            Deferred::Merge(tx, s) => tx.send(s).is_err(),
+        };
+        if gone {
+            tracing::debug!("requester went away before the reply");
+        }
+    }
+}
+
 /// Builds the L4 data path for `[xdp]`; provided by the binary.
 pub type L4Factory =
     Box<dyn Fn(&AgentConfig) -> Result<Box<dyn L4Dataplane>, super::l4::L4Error> + Send>;
@@ -144,6 +166,11 @@ struct Daemon {
     l4: Option<L4Worker>,
     /// The newest desired data-path state (what the thread was last given).
     desired_l4: Option<DesiredL4>,
+    /// Generation of the last state given to the thread, and of the last it handled.
+    l4_sent: u64,
+    l4_handled: u64,
+    /// Replies held until the data path holds the state they confirm (generation).
+    deferred: Vec<(u64, Deferred)>,
     l4_attached: bool,
     l4_status: L4Status,
     members: Option<Vec<MaglevBackend>>,
@@ -214,6 +241,9 @@ pub async fn start(
         l4_attached: l4.as_ref().is_some_and(|dp| dp.attached()),
         l4: None,
         desired_l4: None,
+        l4_sent: 0,
+        l4_handled: 0,
+        deferred: Vec::new(),
         members: None,
         ring_rebuilds: 0,
         vrrp: None,
@@ -309,15 +339,20 @@ impl Daemon {
                         self.vrrp_status = v.status.borrow().clone();
                     }
                 }
-                Ok(()) = async {
+                changed = async {
                     match l4_reports {
-                        Some(rx) => rx.changed().await,
+                        Some(rx) => rx.changed().await.is_ok(),
                         None => std::future::pending().await,
                     }
                 } => {
-                    if let Some(w) = &self.l4 {
+                    if !changed {
+                        tracing::error!("the data path thread stopped; the maps keep their last state");
+                        self.l4 = None;
+                        self.release_deferred(true);
+                    } else if let Some(w) = &self.l4 {
                         let r = w.reports.borrow().clone();
                         self.take_l4_report(&r);
+                        self.release_deferred(false);
                         if r.attached != self.l4_attached {
                             self.l4_attached = r.attached;
                             self.retrack().await;
@@ -352,9 +387,7 @@ impl Daemon {
                 let result = self.change(&gateway, change);
                 // The snapshot (status, ring) shows the change before it is acknowledged.
                 self.publish();
-                if reply.send(result).is_err() {
-                    tracing::debug!("change requester went away");
-                }
+                self.reply_after_l4(Deferred::Change(reply, result));
             }
             Command::Merge { state, reply } => {
                 let before = self.admin.clone();
@@ -376,10 +409,8 @@ impl Daemon {
                         .set(i64::try_from(self.admin.max_version()).unwrap_or(i64::MAX));
                     self.rebuild(false);
                 }
-                if let Some(r) = reply
-                    && r.send(self.admin.clone()).is_err()
-                {
-                    tracing::debug!("merge requester went away");
+                if let Some(r) = reply {
+                    self.reply_after_l4(Deferred::Merge(r, self.admin.clone()));
                 }
             }
             Command::Failover { hold, reply } => {
@@ -683,8 +714,10 @@ impl Daemon {
         if self.l4_status.enabled
             && let Some(desired) = ring::desired_l4(&self.cfg, &table)
         {
-            if let Some(w) = &self.l4 {
-                w.apply(desired.clone());
+            if let Some(w) = &mut self.l4
+                && let Some(generation) = w.apply(desired.clone())
+            {
+                self.l4_sent = generation;
             }
             self.desired_l4 = Some(desired);
         }
@@ -729,7 +762,30 @@ impl Daemon {
             .map_err(|e| StartError::L4Thread(e.to_string()))
     }
 
+    /// Sends `d` now if the data path holds everything given to it, or when it does.
+    fn reply_after_l4(&mut self, d: Deferred) {
+        if self.l4.is_some() && self.l4_sent > self.l4_handled {
+            self.deferred.push((self.l4_sent, d));
+        } else {
+            d.send();
+        }
+    }
+
+    /// Sends the deferred replies whose state the data path now holds (all of them when
+    /// `all`: the thread is gone).
+    fn release_deferred(&mut self, all: bool) {
+        let handled = self.l4_handled;
+        let (ready, wait): (Vec<_>, Vec<_>) = std::mem::take(&mut self.deferred)
+            .into_iter()
+            .partition(|(g, _)| all || *g <= handled);
+        self.deferred = wait;
+        for (_, d) in ready {
+            d.send();
+        }
+    }
+
     fn take_l4_report(&mut self, r: &L4Report) {
+        self.l4_handled = r.handled;
         self.l4_status.counters = r.counters.clone();
         self.l4_status.error = r.apply_error.clone().or_else(|| r.counters_error.clone());
     }

@@ -123,6 +123,8 @@ pub struct FakeL4 {
     pub counters: L4Counters,
     /// When set, `apply` fails with this reason (and records nothing).
     pub fail: Option<String>,
+    /// How long `apply` takes (a real one may wait for neighbour entries).
+    pub delay: std::time::Duration,
 }
 
 impl FakeL4 {
@@ -138,6 +140,7 @@ impl FakeL4 {
 
 impl L4Dataplane for FakeL4 {
     fn apply(&mut self, desired: &DesiredL4) -> Result<(), L4Error> {
+        std::thread::sleep(self.delay);
         if let Some(reason) = &self.fail {
             return Err(L4Error {
                 op: "apply".into(),

@@ -36,11 +36,15 @@ pub struct L4Report {
     pub attached: bool,
     /// Desired states applied successfully so far.
     pub applied: u64,
+    /// The generation ([`L4Worker::apply`]) of the last state handled, applied or not:
+    /// every state up to it is either in the maps or was superseded.
+    pub handled: u64,
 }
 
 /// Handle to the thread; dropping it lets the thread finish its current apply and exit.
 pub struct L4Worker {
-    tx: mpsc::Sender<DesiredL4>,
+    tx: mpsc::Sender<(u64, DesiredL4)>,
+    generation: u64,
     /// The latest report.
     pub reports: watch::Receiver<L4Report>,
     _thread: JoinHandle<()>,
@@ -55,27 +59,34 @@ impl L4Worker {
     ) -> std::io::Result<L4Worker> {
         let (tx, rx) = mpsc::channel();
         let (report_tx, reports) = watch::channel(report.clone());
+        let generation = report.handled;
         let thread = std::thread::Builder::new()
             .name("lb-l4".into())
             .spawn(move || run(dp, rx, report_tx, metrics, report))?;
         Ok(L4Worker {
             tx,
+            generation,
             reports,
             _thread: thread,
         })
     }
 
-    /// Queues `desired` for the thread (it returns at once).
-    pub fn apply(&self, desired: DesiredL4) {
-        if self.tx.send(desired).is_err() {
+    /// Queues `desired` for the thread (it returns at once) and returns its generation:
+    /// once the report's `handled` reaches it, the maps hold this state or a newer one.
+    /// `None` when the thread is gone (the maps keep their last state).
+    pub fn apply(&mut self, desired: DesiredL4) -> Option<u64> {
+        self.generation += 1;
+        if self.tx.send((self.generation, desired)).is_err() {
             tracing::error!("data path thread is gone; the maps keep their last state");
+            return None;
         }
+        Some(self.generation)
     }
 }
 
 fn run(
     mut dp: Box<dyn L4Dataplane>,
-    rx: mpsc::Receiver<DesiredL4>,
+    rx: mpsc::Receiver<(u64, DesiredL4)>,
     report_tx: watch::Sender<L4Report>,
     metrics: Metrics,
     mut report: L4Report,
@@ -83,10 +94,12 @@ fn run(
     let mut next_read = Instant::now();
     loop {
         match rx.recv_timeout(next_read.saturating_duration_since(Instant::now())) {
-            Ok(mut desired) => {
+            Ok(mut next) => {
                 while let Ok(newer) = rx.try_recv() {
-                    desired = newer;
+                    next = newer;
                 }
+                let (generation, desired) = next;
+                report.handled = generation;
                 match dp.apply(&desired) {
                     Ok(()) => {
                         report.apply_error = None;
@@ -187,7 +200,7 @@ mod tests {
         let mut w = L4Worker::spawn(Box::new(dp), metrics, L4Report::default()).unwrap();
         let start = Instant::now();
         for n in 1..=5 {
-            w.apply(desired(n));
+            assert_eq!(w.apply(desired(n)), Some(n as u64));
         }
         // Blocking on even one apply would take 500 ms.
         assert!(
@@ -212,6 +225,7 @@ mod tests {
         assert!(got == vec![1, 5] || got == vec![5], "{got:?}");
         let r = w.reports.borrow().clone();
         assert_eq!(r.applied, got.len() as u64);
+        assert_eq!(r.handled, 5);
         assert!(r.attached);
         assert!(r.counters.is_some());
         assert_eq!(r.apply_error, None);
