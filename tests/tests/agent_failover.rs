@@ -143,12 +143,37 @@ fn operator_failover_and_reload() {
         "a refused reload changes nothing"
     );
 
-    // A valid one with a higher priority on node2 (by SIGHUP): the restarted instance
-    // takes the VIP back after its priority-0 handover, as the higher priority now.
+    // A valid one that only changes node2's priority: taken in place, the Master stays
+    // Master (no priority-0 handover, no transition at all).
+    let since = lbctl_json(&f2.socket, &["status"], 0)["vrrp"][0]["since_ms"].clone();
     std::fs::write(&f2.config, good.replace("priority = 100", "priority = 250")).unwrap();
-    a2.signal(libc::SIGHUP);
+    let (code, out, err) = lbctl(&f2.socket, &["reload"]);
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(out.contains("priority 100 -> 250 (in place)"), "{out}");
     wait_until("node2 runs with priority 250", 10, || {
-        lbctl_json(&f2.socket, &["status"], 0)["vrrp"][0]["configured_priority"] == 250
+        let s = lbctl_json(&f2.socket, &["status"], 0);
+        s["vrrp"][0]["configured_priority"] == 250 && s["vrrp"][0]["priority"] == 250
+    });
+    for _ in 0..5 {
+        assert_eq!(holders(&lab, &hosts, vip), ["node2"]);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let s = lbctl_json(&f2.socket, &["status"], 0);
+    assert_eq!(s["vrrp"][0]["state"], "master");
+    assert_eq!(s["vrrp"][0]["since_ms"], since, "no transition: {s}");
+
+    // Any other change to the instance (by SIGHUP: here its advert interval) restarts it:
+    // the Master hands over with priority 0, then takes the VIP back as the highest
+    // priority.
+    let text = std::fs::read_to_string(&f2.config).unwrap();
+    std::fs::write(
+        &f2.config,
+        text.replace("advert_interval_cs = 10", "advert_interval_cs = 20"),
+    )
+    .unwrap();
+    a2.signal(libc::SIGHUP);
+    wait_until("node2 restarted its instance", 10, || {
+        lbctl_json(&f2.socket, &["status"], 0)["vrrp"][0]["since_ms"] != since
     });
     wait_until("node2 holds the VIP as the highest priority", 10, || {
         holders(&lab, &hosts, vip) == ["node2"]

@@ -507,9 +507,40 @@ impl Daemon {
         }
         let old = std::mem::replace(&mut self.cfg, Arc::new(new));
         let mut lines = Vec::new();
-        if old.vrrp != self.cfg.vrrp {
-            // A changed virtual router restarts: a Master hands over with priority 0 and
-            // the new instances start in Backup.
+        let only_priorities = old.vrrp.len() == self.cfg.vrrp.len()
+            && old.vrrp.iter().zip(&self.cfg.vrrp).all(|(a, b)| {
+                let mut b = b.clone();
+                b.priority = a.priority;
+                *a == b
+            });
+        if old.vrrp != self.cfg.vrrp
+            && only_priorities
+            && let Some(v) = &self.vrrp
+        {
+            // Only priorities changed: the running instances take them as they take
+            // tracking changes (a Master stays Master unless a Backup now wins by
+            // preemption), with no handover.
+            let priorities = self.cfg.vrrp.iter().map(|i| i.priority).collect();
+            if v.commands
+                .send(VrrpCommand::SetConfigured(priorities))
+                .await
+                .is_err()
+            {
+                tracing::error!("VRRP thread is gone");
+            }
+            for (a, b) in old.vrrp.iter().zip(&self.cfg.vrrp) {
+                if a.priority != b.priority {
+                    lines.push(format!(
+                        "vrrp {}: priority {} -> {} (in place)",
+                        b.name,
+                        a.priority.get(),
+                        b.priority.get()
+                    ));
+                }
+            }
+        } else if old.vrrp != self.cfg.vrrp {
+            // Any other change to a virtual router restarts them: a Master hands over with
+            // priority 0 and the new instances start in Backup.
             if let Some(v) = self.vrrp.take() {
                 v.shutdown().await;
             }

@@ -39,6 +39,9 @@ pub enum VrrpCommand {
         hold: Duration,
         done: oneshot::Sender<Vec<String>>,
     },
+    /// New configured priorities, one per instance in order (a reload that changed
+    /// nothing else); taken like a tracking change, without a restart.
+    SetConfigured(Vec<Priority>),
     /// Priority-0 advert from every Master, VIPs removed, then the thread ends.
     Shutdown,
 }
@@ -284,6 +287,7 @@ async fn open(inst: &VrrpInstance, nl: &rtnetlink::Handle) -> Result<Running, St
 #[derive(Debug)]
 enum InstanceCommand {
     Deduct(u32),
+    SetConfigured(Priority),
     Failover(Duration, oneshot::Sender<String>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -357,6 +361,13 @@ async fn run(
                 }
                 if done.send(out).is_err() {
                     tracing::debug!("failover requester went away");
+                }
+            }
+            VrrpCommand::SetConfigured(priorities) => {
+                for (s, p) in senders.iter().zip(priorities) {
+                    if s.send(InstanceCommand::SetConfigured(p)).await.is_err() {
+                        tracing::error!("a VRRP instance task ended");
+                    }
                 }
             }
             VrrpCommand::Shutdown => break,
@@ -531,6 +542,11 @@ async fn run_instance(
                     deduction = d;
                     Some(Event::SetPriority(effective(r.inst.priority, deduction, hold_until.is_some())))
                 }
+                Some(InstanceCommand::SetConfigured(p)) => {
+                    tracing::info!(instance = %name, from = r.inst.priority.get(), to = p.get(), "configured priority changed");
+                    r.inst.priority = p;
+                    Some(Event::SetPriority(effective(r.inst.priority, deduction, hold_until.is_some())))
+                }
                 Some(InstanceCommand::Failover(hold, done)) => {
                     let was = r.router.state();
                     let now = Instant::now();
@@ -703,13 +719,16 @@ fn publish(r: &Running, ctx: &InstanceCtx, error: Option<String>) {
             return false;
         };
         let source = Some(r.router.config().primary_addr);
+        let configured = r.inst.priority.get();
         let changed = s.state != state
             || s.priority != priority
+            || s.configured_priority != configured
             || s.master != master
             || s.error != error
             || s.source != source;
         s.state = state;
         s.priority = priority;
+        s.configured_priority = configured;
         s.master = master;
         s.error = error;
         s.source = source;
