@@ -87,7 +87,8 @@ fn filter_hit(dst: AddrWords) -> bool {
     }
 }
 
-/// Looks `key` up in the open-addressed `VIPS` table: the [`VIP_PROBES`] slots from its
+/// Looks the key with address words `addr` and tail word `tail` (port, protocol, family:
+/// [`vip_tail`]) up in the open-addressed `VIPS` table: the [`VIP_PROBES`] slots from its
 /// hash, all checked (removal only clears a slot's state, so there is no early stop).
 #[inline(always)]
 fn vip_lookup(addr: AddrWords, tail: u32) -> Option<VipValue> {
