@@ -26,7 +26,8 @@
 //! `max_auto_priority`). Median and p99 are printed and, with `--json`, written as JSON;
 //! `LB_BENCH_KEEP=1` keeps the daemons' logs; `LB_BENCH_IMPL=agent|keepalived` and
 //! `LB_BENCH_KIND=crash|graceful` run only part of it (for experiments), `LB_BENCH_VERBOSE=1`
-//! says where each trial's longest gap lies. Needs root, keepalived and ping; builds
+//! says where each trial's longest gap lies, `LB_BENCH_PRIORITIES=254,250` sets node1's and
+//! node2's priorities (default 200,100). Needs root, keepalived and ping; builds
 //! lb-agent in release first.
 #![allow(clippy::print_stdout, reason = "a benchmark reports on stdout")]
 
@@ -94,6 +95,7 @@ struct ImplResult {
 #[derive(Debug, Serialize)]
 struct Report {
     advert_interval_ms: u32,
+    priorities: (u8, u8),
     trials_per_kind: usize,
     results: Vec<ImplResult>,
 }
@@ -252,7 +254,8 @@ struct Daemon {
 
 impl Daemon {
     fn start(which: Impl, host: &'static str, dir: &Path, agent: &Path) -> anyhow::Result<Daemon> {
-        let priority = if host == "node1" { 200 } else { 100 };
+        let (p1, p2) = priorities();
+        let priority = if host == "node1" { p1 } else { p2 };
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -654,6 +657,20 @@ fn run_impl(
     })
 }
 
+/// node1's and node2's priorities: 200 and 100, or `LB_BENCH_PRIORITIES=P1,P2`. A Backup
+/// waits Skew_Time = (256 - P2) / 256 advert intervals after a priority-0 advert, so the
+/// graceful ownership time depends on P2.
+fn priorities() -> (u8, u8) {
+    std::env::var("LB_BENCH_PRIORITIES")
+        .ok()
+        .and_then(|v| {
+            let (a, b) = v.split_once(',')?;
+            let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+            (a > b && b >= 1 && a <= 254).then_some((a, b))
+        })
+        .unwrap_or((200, 100))
+}
+
 /// Whether `name` is selected by the environment variable `var` (unset: everything;
 /// otherwise a comma-separated list of names, case-insensitive).
 fn selected(var: &str, name: &str) -> bool {
@@ -725,8 +742,10 @@ pub fn run(json: Option<&Path>) -> anyhow::Result<()> {
         std::fs::remove_dir_all(&dir).ok();
     }
     println!(
-        "\nadvert interval {} ms, {trials} trials per kind (ms: median / p99)",
-        u32::from(ADVERT_CS) * 10
+        "\nadvert interval {} ms, priorities {} (node1) and {} (node2), {trials} trials per kind (ms: median / p99)",
+        u32::from(ADVERT_CS) * 10,
+        priorities().0,
+        priorities().1
     );
     println!(
         "{:<11} {:>17} {:>17} {:>17} {:>17} {:>6} {:>10}",
@@ -754,6 +773,7 @@ pub fn run(json: Option<&Path>) -> anyhow::Result<()> {
     if let Some(path) = json {
         let report = Report {
             advert_interval_ms: u32::from(ADVERT_CS) * 10,
+            priorities: priorities(),
             trials_per_kind: trials,
             results,
         };
