@@ -41,6 +41,12 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
 pub const NO_GATEWAY: u32 = u32::MAX;
 /// TTL / hop limit of the outer header of encapsulated packets.
 pub const OUTER_TTL: u8 = 64;
+/// The smallest link MTU IPv6 allows (RFC 8200 section 5); a "packet too big" never
+/// reports less, and quotes the invoking packet up to this size.
+pub const IPV6_MIN_MTU: u16 = 1280;
+/// Bytes of the invoking packet an ICMPv6 "packet too big" from the data path quotes:
+/// as much as fits in [`IPV6_MIN_MTU`] (RFC 4443 section 3.2).
+pub const PTB_QUOTE: usize = IPV6_MIN_MTU as usize - 40 - 8;
 
 /// Map names (the XDP program declares them; userspace opens them by these names).
 pub mod map_names {
@@ -201,7 +207,10 @@ pub struct NodeConfig {
     pub addr6: [u8; 16],
     /// Source MAC of transmitted frames (the interface's MAC).
     pub mac: [u8; 6],
-    pub _pad: [u8; 2],
+    /// The interface's MTU (the largest L3 packet it sends), native order; 0: no check.
+    /// A packet that would exceed it once encapsulated is answered with an ICMP
+    /// "fragmentation needed" / ICMPv6 "packet too big" (see [`crate::model`]).
+    pub mtu: u16,
 }
 
 /// Key of the connection table, as the client sent the packet (client -> VIP).
@@ -391,8 +400,16 @@ pub fn ipv4_checksum(h: &[u8; IPV4_HLEN]) -> u16 {
 /// is summed in native words and folded.
 #[inline(always)]
 pub fn ipv4_checksum_words(w: [u32; 5]) -> u16 {
-    let mut sum =
-        u64::from(w[0]) + u64::from(w[1]) + u64::from(w[2]) + u64::from(w[3]) + u64::from(w[4]);
+    checksum_fold(
+        u64::from(w[0]) + u64::from(w[1]) + u64::from(w[2]) + u64::from(w[3]) + u64::from(w[4]),
+    )
+}
+
+/// The Internet checksum (RFC 1071) from a sum of native 32-bit words of the data: folded
+/// to 16 bits and complemented, as the native `u16` to store.
+#[inline(always)]
+pub fn checksum_fold(sum: u64) -> u16 {
+    let mut sum = sum;
     sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff_ffff) + (sum >> 32);
     sum = (sum & 0xffff) + (sum >> 16);

@@ -47,6 +47,15 @@
 //!    MAC, source = this node's MAC, the input's VLAN tag kept) and transmitted: `tx`.
 //!    A family that this node or the gateway has no address for: `drop_no_gateway`.
 //!    The gateway's counters count `local` and `tx` packets.
+//! 9. **Too big.** When the node has an MTU (`NodeConfig::mtu`, not 0) and the frame's L3
+//!    bytes plus the outer header would exceed it: a forwarded ICMP error, or an IPv4
+//!    packet without DF, is dropped (`drop_too_big`). Otherwise the sender is told, from
+//!    the VIP, back out of the same interface (`icmp_too_big`; MACs swapped, the VLAN tag
+//!    kept): IPv4 an ICMP "fragmentation needed" (type 3 code 4, RFC 792/1191) with the
+//!    next-hop MTU `mtu - 20`, quoting the IP header and 8 bytes; IPv6 an ICMPv6 "packet
+//!    too big" (RFC 4443 3.2) with MTU `max(mtu, 1320) - 40` (never below 1280; for IPv6
+//!    the limit itself is `max(mtu, 1320)`), quoting the first [`PTB_QUOTE`] bytes of the
+//!    packet. TTL / hop limit 64, DSCP 0.
 //!
 //! *Malformed*: when the destination address is a VIP address (an address entry exists),
 //! `drop_malformed`; else `pass_not_vip` (not ours to judge).
@@ -60,11 +69,11 @@ use crate::{
     ExitReason, StatCounter,
     datapath::{
         ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
-        GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, MAX_GATEWAYS,
-        MAX_VIPS, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, PROTO_ICMP, PROTO_ICMPV6,
-        PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, RING_SIZE, VIP_F_NO_CONNTRACK, VipKey,
-        VipStats, VipValue, flow_hash, is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index,
-        v4_field, v4_of,
+        GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU,
+        MAX_GATEWAYS, MAX_VIPS, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL,
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE,
+        RING_SIZE, VIP_F_NO_CONNTRACK, VipKey, VipStats, VipValue, checksum_fold, flow_hash,
+        is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
     },
 };
 
@@ -538,6 +547,14 @@ impl Model {
             if self.node.flags & NODE_F_V4 == 0 || g.flags & GW_F_V4 == 0 {
                 return ExitReason::DropNoGateway;
             }
+            let mtu = usize::from(self.node.mtu);
+            if mtu != 0 && f.len() - l3 + IPV4_HLEN > mtu {
+                if icmp || f.u8(l3 + 6) & 0x40 == 0 {
+                    return ExitReason::DropTooBig;
+                }
+                *out = frag_needed(f, l3, mtu.saturating_sub(IPV4_HLEN) as u16);
+                return ExitReason::IcmpTooBig;
+            }
             let outer = outer_ipv4(
                 f.u8(l3 + 1),
                 f.be16(l3 + 2),
@@ -549,6 +566,16 @@ impl Model {
         } else {
             if self.node.flags & NODE_F_V6 == 0 || g.flags & GW_F_V6 == 0 {
                 return ExitReason::DropNoGateway;
+            }
+            // Never below the IPv6 minimum: a smaller configured MTU counts as 1320.
+            let mtu = usize::from(self.node.mtu);
+            let limit = mtu.max(usize::from(IPV6_MIN_MTU) + IPV6_HLEN);
+            if mtu != 0 && f.len() - l3 + IPV6_HLEN > limit {
+                if icmp {
+                    return ExitReason::DropTooBig;
+                }
+                *out = packet_too_big(f, l3, (limit - IPV6_HLEN) as u32);
+                return ExitReason::IcmpTooBig;
             }
             let outer = outer_ipv6(f.a4(l3), f.be16(l3 + 4), &self.node.addr6, &g.addr6);
             frame.extend_from_slice(&outer);
@@ -562,4 +589,74 @@ impl Model {
             ExitReason::Tx
         }
     }
+}
+
+/// The Ethernet header of a reply to `f`: its MACs swapped, its VLAN tag (if any) kept,
+/// then `ethertype`.
+fn reply_eth(f: &Frame, l3: usize, ethertype: u16) -> Vec<u8> {
+    let mut e = Vec::with_capacity(l3);
+    e.extend_from_slice(&f.0[6..12]);
+    e.extend_from_slice(&f.0[0..6]);
+    if l3 > ETH_HLEN {
+        e.extend_from_slice(&f.0[12..16]);
+    }
+    e.extend_from_slice(&ethertype.to_be_bytes());
+    e
+}
+
+/// The one's-complement sum of `data` as native 32-bit words (`data.len()` a multiple of
+/// 4), for [`checksum_fold`].
+fn sum_words(data: &[u8]) -> u64 {
+    data.chunks(4)
+        .map(|c| u64::from(u32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+        .sum()
+}
+
+/// ICMP "fragmentation needed" (type 3 code 4) to the sender of the IPv4 packet at `l3`,
+/// from its destination (the VIP), quoting its IP header and 8 bytes.
+fn frag_needed(f: &Frame, l3: usize, next_hop_mtu: u16) -> Vec<u8> {
+    let quote = usize::from(f.u8(l3) & 0x0f) * 4 + 8;
+    let mut icmp = vec![3, 4, 0, 0, 0, 0];
+    icmp.extend_from_slice(&next_hop_mtu.to_be_bytes());
+    icmp.extend_from_slice(&f.0[l3..l3 + quote]);
+    let c = checksum_fold(sum_words(&icmp)).to_ne_bytes();
+    icmp[2] = c[0];
+    icmp[3] = c[1];
+    let total = ((IPV4_HLEN + icmp.len()) as u16).to_be_bytes();
+    let mut ip = vec![
+        0x45, 0, total[0], total[1], 0, 0, 0, 0, OUTER_TTL, PROTO_ICMP, 0, 0,
+    ];
+    ip.extend_from_slice(&f.a4(l3 + 16));
+    ip.extend_from_slice(&f.a4(l3 + 12));
+    let c = checksum_fold(sum_words(&ip)).to_ne_bytes();
+    ip[10] = c[0];
+    ip[11] = c[1];
+    let mut out = reply_eth(f, l3, ETH_P_IP);
+    out.extend_from_slice(&ip);
+    out.extend_from_slice(&icmp);
+    out
+}
+
+/// ICMPv6 "packet too big" (type 2) to the sender of the IPv6 packet at `l3`, from its
+/// destination (the VIP), quoting its first [`PTB_QUOTE`] bytes.
+fn packet_too_big(f: &Frame, l3: usize, mtu: u32) -> Vec<u8> {
+    let mut icmp = vec![2, 0, 0, 0];
+    icmp.extend_from_slice(&mtu.to_be_bytes());
+    icmp.extend_from_slice(&f.0[l3..l3 + PTB_QUOTE]);
+    let (src, dst) = (f.a16(l3 + 24), f.a16(l3 + 8));
+    let mut pseudo = Vec::with_capacity(40);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst);
+    pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+    pseudo.extend_from_slice(&[0, 0, 0, PROTO_ICMPV6]);
+    let c = checksum_fold(sum_words(&pseudo) + sum_words(&icmp)).to_ne_bytes();
+    icmp[2] = c[0];
+    icmp[3] = c[1];
+    let plen = (icmp.len() as u16).to_be_bytes();
+    let mut out = reply_eth(f, l3, ETH_P_IPV6);
+    out.extend_from_slice(&[0x60, 0, 0, 0, plen[0], plen[1], PROTO_ICMPV6, OUTER_TTL]);
+    out.extend_from_slice(&src);
+    out.extend_from_slice(&dst);
+    out.extend_from_slice(&icmp);
+    out
 }

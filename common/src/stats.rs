@@ -37,13 +37,19 @@ pub enum ExitReason {
     IcmpForwarded = 9,
     /// The VIP has no usable gateway (empty ring): XDP_DROP.
     DropNoGateway = 10,
+    /// The packet would exceed the node's MTU once encapsulated; an ICMP "fragmentation
+    /// needed" (IPv4 with DF) or ICMPv6 "packet too big" goes back to the sender: XDP_TX.
+    IcmpTooBig = 11,
+    /// The same for a packet that cannot be answered so (IPv4 without DF, or a forwarded
+    /// ICMP error): XDP_DROP.
+    DropTooBig = 12,
     /// A helper call failed (adjust_head, map update): XDP_ABORTED.
-    Aborted = 11,
+    Aborted = 13,
 }
 
 impl ExitReason {
     /// Number of reasons; the size of the `EXIT_STATS` array.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 
     /// All reasons, in index order.
     pub const ALL: [ExitReason; Self::COUNT as usize] = [
@@ -58,6 +64,8 @@ impl ExitReason {
         ExitReason::Decap,
         ExitReason::IcmpForwarded,
         ExitReason::DropNoGateway,
+        ExitReason::IcmpTooBig,
+        ExitReason::DropTooBig,
         ExitReason::Aborted,
     ];
 
@@ -76,6 +84,8 @@ impl ExitReason {
             8 => ExitReason::Decap,
             9 => ExitReason::IcmpForwarded,
             10 => ExitReason::DropNoGateway,
+            11 => ExitReason::IcmpTooBig,
+            12 => ExitReason::DropTooBig,
             _ => ExitReason::Aborted,
         }
     }
@@ -83,8 +93,10 @@ impl ExitReason {
     /// The XDP verdict of this exit (`XDP_ABORTED` 0, `XDP_DROP` 1, `XDP_PASS` 2, `XDP_TX` 3).
     pub const fn action(self) -> u32 {
         match self {
-            ExitReason::DropMalformed | ExitReason::DropNoGateway => XDP_DROP,
-            ExitReason::Tx | ExitReason::IcmpForwarded => XDP_TX,
+            ExitReason::DropMalformed | ExitReason::DropNoGateway | ExitReason::DropTooBig => {
+                XDP_DROP
+            }
+            ExitReason::Tx | ExitReason::IcmpForwarded | ExitReason::IcmpTooBig => XDP_TX,
             ExitReason::Aborted => XDP_ABORTED,
             _ => XDP_PASS,
         }
@@ -104,6 +116,8 @@ impl ExitReason {
             ExitReason::Decap => "decap",
             ExitReason::IcmpForwarded => "icmp_forwarded",
             ExitReason::DropNoGateway => "drop_no_gateway",
+            ExitReason::IcmpTooBig => "icmp_too_big",
+            ExitReason::DropTooBig => "drop_too_big",
             ExitReason::Aborted => "aborted",
         }
     }

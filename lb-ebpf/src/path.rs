@@ -5,17 +5,20 @@
 //! so no exit is uncounted. Reads that fail after the model's bounds checks passed cannot
 //! happen (the checks bound them inside the frame); they exist for the verifier and end
 //! in `aborted`.
-use aya_ebpf::{helpers::bpf_xdp_adjust_head, programs::XdpContext};
+use aya_ebpf::{
+    helpers::{bpf_xdp_adjust_head, bpf_xdp_adjust_tail},
+    programs::XdpContext,
+};
 use lb_common::{
     ExitReason,
     datapath::{
         AddrWords, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey,
         FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN,
-        NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6,
-        PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, VIP_F_NO_CONNTRACK, VIP_PROBES,
-        VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, flow_hash, ipv4_checksum_words,
-        is_ipv6_extension, ring_index, v4_words, vip_filter_bit_words, vip_slot_hash_words,
-        vip_tail,
+        IPV6_MIN_MTU, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP,
+        PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, VIP_F_NO_CONNTRACK,
+        VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold, flow_hash,
+        ipv4_checksum_words, is_ipv6_extension, ring_index, v4_words, vip_filter_bit_words,
+        vip_slot_hash_words, vip_tail,
     },
 };
 
@@ -532,6 +535,14 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
         // bytes as `lb_common::datapath::outer_ipv4`, which the model uses.
         let in0 = raw32(ctx, l3)?.to_ne_bytes();
         let df = u8_at(ctx, l3 + 6)? & 0x40;
+        let mtu = u64::from(node.mtu);
+        if mtu != 0 && len - l3 as u64 + IPV4_HLEN as u64 > mtu {
+            if icmp || df == 0 {
+                return Some(ExitReason::DropTooBig);
+            }
+            let next_hop = node.mtu.saturating_sub(IPV4_HLEN as u16);
+            return frag_needed(ctx, l3, tagged, next_hop, len);
+        }
         let total = u16::from_be_bytes([in0[2], in0[3]])
             .wrapping_add(IPV4_HLEN as u16)
             .to_be_bytes();
@@ -557,6 +568,14 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
     } else {
         if node.flags & NODE_F_V6 == 0 || g.flags & GW_F_V6 == 0 {
             return Some(ExitReason::DropNoGateway);
+        }
+        // Never below the IPv6 minimum: a smaller configured MTU counts as 1320.
+        let limit = u64::from(node.mtu.max(IPV6_MIN_MTU + IPV6_HLEN as u16));
+        if node.mtu != 0 && len - l3 as u64 + IPV6_HLEN as u64 > limit {
+            if icmp {
+                return Some(ExitReason::DropTooBig);
+            }
+            return packet_too_big(ctx, l3, tagged, limit as u32 - IPV6_HLEN as u32, len);
         }
         // The outer header (RFC 2473): version, traffic class and flow label copied from
         // the inner header, payload length = inner + 40, next header 41, hop limit
@@ -589,6 +608,163 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
     } else {
         ExitReason::Tx
     })
+}
+
+/// The MACs (destination, source) and, when `tagged`, the tag word (bytes 12-15) of the
+/// frame, to answer it.
+#[inline(always)]
+fn reply_eth_fields(ctx: &XdpContext, tagged: bool) -> Option<((u32, u16), (u32, u16), u32)> {
+    let eth = Span::<ETH_HLEN>::at(ctx, 0)?;
+    let tag = if tagged { raw32(ctx, ETH_HLEN - 2)? } else { 0 };
+    Some((
+        (eth.get::<u32>(0), eth.get::<u16>(4)),
+        (eth.get::<u32>(6), eth.get::<u16>(10)),
+        tag,
+    ))
+}
+
+/// Writes the Ethernet header of a reply: the input's MACs swapped, its tag kept.
+#[inline(always)]
+fn put_reply_eth(
+    ctx: &XdpContext,
+    (dst, src, tag): ((u32, u16), (u32, u16), u32),
+    tagged: bool,
+    ethertype: u16,
+) -> Option<()> {
+    let eth = Span::<ETH_HLEN>::at(ctx, 0)?;
+    eth.put(0, src.0);
+    eth.put(4, src.1);
+    eth.put(6, dst.0);
+    eth.put(10, dst.1);
+    if tagged {
+        let t = Span::<{ ETH_HLEN + 4 }>::at(ctx, 0)?;
+        t.put(12, tag);
+        t.put(16, ethertype.to_be());
+    } else {
+        eth.put(12, ethertype.to_be());
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn adjust_tail(ctx: &XdpContext, delta: i32) -> Option<()> {
+    // SAFETY: the helper checks the new tail against the frame's minimum and maximum.
+    let r = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
+    if r == 0 { Some(()) } else { None }
+}
+
+/// ICMP "fragmentation needed" (type 3 code 4, next-hop MTU `next_hop`) to the sender of
+/// the IPv4 packet at `l3`, from the VIP, quoting the IP header and 8 bytes: the new
+/// headers go in front of the packet, which becomes the quote, and the tail is cut.
+#[inline(always)]
+fn frag_needed(
+    ctx: &XdpContext,
+    l3: usize,
+    tagged: bool,
+    next_hop: u16,
+    len: u64,
+) -> Option<ExitReason> {
+    let eth = reply_eth_fields(ctx, tagged)?;
+    let ip = Span::<IPV4_HLEN>::at(ctx, l3)?;
+    let (client, vip) = (ip.get::<u32>(12), ip.get::<u32>(16));
+    // IHL 5..=15 words (the packet passed the transport checks): 28..=68 bytes quoted.
+    let quote = ((ip.get::<u32>(0).to_ne_bytes()[0] & 0x0f) as usize * 4 + 8) & 0x7f;
+    adjust_head(ctx, -((IPV4_HLEN + 8) as i32))?;
+    let at = l3 + IPV4_HLEN + 8;
+    let nh = next_hop.to_be_bytes();
+    let icmp1 = u32::from_ne_bytes([0, 0, nh[0], nh[1]]);
+    let mut sum = u64::from(u32::from_ne_bytes([3, 4, 0, 0])) + u64::from(icmp1);
+    let mut i = 0;
+    while i < 17 && i * 4 < quote {
+        sum += u64::from(raw32(ctx, at + i * 4)?);
+        i += 1;
+    }
+    let c = checksum_fold(sum).to_ne_bytes();
+    let total = ((IPV4_HLEN + 8 + quote) as u16).to_be_bytes();
+    let w0 = u32::from_ne_bytes([0x45, 0, total[0], total[1]]);
+    let ipc = ipv4_checksum_words([
+        w0,
+        0,
+        u32::from_ne_bytes([OUTER_TTL, PROTO_ICMP, 0, 0]),
+        vip,
+        client,
+    ])
+    .to_ne_bytes();
+    put_reply_eth(ctx, eth, tagged, ETH_P_IP)?;
+    let h = Span::<{ IPV4_HLEN + 8 }>::at(ctx, l3)?;
+    h.put(0, w0);
+    h.put(4, 0u32);
+    h.put(
+        8,
+        u32::from_ne_bytes([OUTER_TTL, PROTO_ICMP, ipc[0], ipc[1]]),
+    );
+    h.put(12, vip);
+    h.put(16, client);
+    h.put(20, u32::from_ne_bytes([3, 4, c[0], c[1]]));
+    h.put(24, icmp1);
+    let new_len = (at + quote) as i64;
+    adjust_tail(
+        ctx,
+        (new_len - (len as i64 + (IPV4_HLEN + 8) as i64)) as i32,
+    )?;
+    Some(ExitReason::IcmpTooBig)
+}
+
+/// ICMPv6 "packet too big" (MTU `mtu`) to the sender of the IPv6 packet at `l3`, from the
+/// VIP, quoting its first `PTB_QUOTE` bytes (the packet is longer: it exceeded an MTU of
+/// at least 1320), built like [`frag_needed`].
+#[inline(always)]
+fn packet_too_big(
+    ctx: &XdpContext,
+    l3: usize,
+    tagged: bool,
+    mtu: u32,
+    len: u64,
+) -> Option<ExitReason> {
+    let eth = reply_eth_fields(ctx, tagged)?;
+    let ip = Span::<IPV6_HLEN>::at(ctx, l3)?;
+    let client = [ip.get::<u64>(8), ip.get::<u64>(16)];
+    let vip = [ip.get::<u64>(24), ip.get::<u64>(32)];
+    adjust_head(ctx, -((IPV6_HLEN + 8) as i32))?;
+    let at = l3 + IPV6_HLEN + 8;
+    let plen = (8 + PTB_QUOTE) as u32;
+    let halves = |w: u64| (w & 0xffff_ffff) + (w >> 32);
+    let mtu_word = u32::from_ne_bytes(mtu.to_be_bytes());
+    let mut sum = halves(vip[0])
+        + halves(vip[1])
+        + halves(client[0])
+        + halves(client[1])
+        + u64::from(u32::from_ne_bytes(plen.to_be_bytes()))
+        + u64::from(u32::from_ne_bytes([0, 0, 0, PROTO_ICMPV6]))
+        + u64::from(u32::from_ne_bytes([2, 0, 0, 0]))
+        + u64::from(mtu_word);
+    let quote = Span::<PTB_QUOTE>::at(ctx, at)?;
+    let mut i = 0;
+    while i < PTB_QUOTE / 8 {
+        sum += halves(quote.get::<u64>(i * 8));
+        i += 1;
+    }
+    let c = checksum_fold(sum).to_ne_bytes();
+    let pl = (plen as u16).to_be_bytes();
+    put_reply_eth(ctx, eth, tagged, ETH_P_IPV6)?;
+    let h = Span::<{ IPV6_HLEN + 8 }>::at(ctx, l3)?;
+    h.put(0, u32::from_ne_bytes([0x60, 0, 0, 0]));
+    h.put(
+        4,
+        u32::from_ne_bytes([pl[0], pl[1], PROTO_ICMPV6, OUTER_TTL]),
+    );
+    h.put(8, vip[0]);
+    h.put(16, vip[1]);
+    h.put(24, client[0]);
+    h.put(32, client[1]);
+    h.put(40, u32::from_ne_bytes([2, 0, c[0], c[1]]));
+    h.put(44, mtu_word);
+    let new_len = (at + PTB_QUOTE) as i64;
+    adjust_tail(
+        ctx,
+        (new_len - (len as i64 + (IPV6_HLEN + 8) as i64)) as i32,
+    )?;
+    Some(ExitReason::IcmpTooBig)
 }
 
 #[inline(always)]

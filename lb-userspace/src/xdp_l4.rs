@@ -108,7 +108,7 @@ impl XdpL4 {
                 addr4: d.local_ipv4.unwrap_or(Ipv4Addr::UNSPECIFIED).octets(),
                 addr6: d.local_ipv6.unwrap_or(Ipv6Addr::UNSPECIFIED).octets(),
                 mac: self.mac,
-                _pad: [0; 2],
+                mtu: interface_mtu(&self.iface),
             })
             .map_err(|e| err("write NODE", e))?;
 
@@ -344,6 +344,22 @@ fn interface_mac(iface: &str) -> Result<[u8; 6], DataplaneError> {
     parse_mac(text.trim()).ok_or(DataplaneError::UnknownInterface {
         iface: iface.to_owned(),
     })
+}
+
+/// The MTU of `iface` from sysfs (read at every apply, so a changed MTU is picked up with
+/// the next one); 0 (no too-big check in the data path) when it cannot be read.
+fn interface_mtu(iface: &str) -> u16 {
+    let path = Path::new("/sys/class/net").join(iface).join("mtu");
+    match std::fs::read_to_string(&path)
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok())
+    {
+        Some(m) => u16::try_from(m).unwrap_or(u16::MAX),
+        None => {
+            tracing::warn!(path = %path.display(), "interface MTU unreadable; no too-big check");
+            0
+        }
+    }
 }
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {

@@ -227,7 +227,7 @@ pub fn standard(h: &mut Harness) -> anyhow::Result<()> {
         addr4: NODE4.octets(),
         addr6: NODE6.octets(),
         mac: NODE_MAC,
-        _pad: [0; 2],
+        mtu: 0,
     })?;
     for id in [GW_LOCAL, GW1, GW2, GW_V4_ONLY] {
         let (addr4, addr6) = if id == GW_LOCAL {

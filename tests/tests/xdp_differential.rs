@@ -1,6 +1,6 @@
 //! Differential test: at least 100,000 random and mutated frames through the real XDP
 //! program (BPF_PROG_TEST_RUN) and through the reference model (`lb_common::model`), over
-//! the standard map contents, with ring changes and gateway removals along the way.
+//! the standard map contents, with ring changes, gateway removals and node MTUs along the way.
 //! Verdicts and output bytes must match exactly for every frame, and every counter at the
 //! end. Frames: IPv4/IPv6, VLAN, options, TCP/UDP/ICMP/other protocols, fragments,
 //! extension headers, ICMP errors quoting VIP flows, encapsulated packets, non-VIP
@@ -11,11 +11,11 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_common::datapath::{
-    FAMILY_V4, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, VIP_F_ADDRESS, VIP_F_HASH_SRC_ADDR,
-    VipKey, VipValue, v4_field,
+    FAMILY_V4, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, NODE_F_V4, NODE_F_V6, NodeConfig,
+    VIP_F_ADDRESS, VIP_F_HASH_SRC_ADDR, VipKey, VipValue, v4_field,
 };
 use lb_tests::{
-    frames::{V4, ethernet, icmp, ipv6, tcp, udp},
+    frames::{NODE_MAC, V4, ethernet, icmp, ipv6, tcp, udp},
     privileged::require_root,
     xdp::{Harness, ring_of, standard, std_state::*},
 };
@@ -66,10 +66,13 @@ fn client6(r: &mut SmallRng) -> Ipv6Addr {
 }
 
 fn payload(r: &mut SmallRng) -> Vec<u8> {
-    let n = if r.random_bool(0.7) {
+    // Mostly small; some large enough to exceed the node MTUs set below once encapsulated.
+    let n = if r.random_bool(0.65) {
         r.random_range(0..16)
-    } else {
+    } else if r.random_bool(0.7) {
         r.random_range(0..200)
+    } else {
+        r.random_range(1200..1500)
     };
     (0..n).map(|_| r.random()).collect()
 }
@@ -103,7 +106,7 @@ fn ip4(r: &mut SmallRng, src: Ipv4Addr, dst: Ipv4Addr) -> Vec<u8> {
     };
     let mut h = V4::new(src, dst, proto);
     h.tos = r.random();
-    h.df = r.random_bool(0.7);
+    h.df = r.random_bool(0.6);
     if r.random_bool(0.1) {
         h.mf = r.random_bool(0.5);
         h.frag_offset = r.random_range(0..4);
@@ -282,6 +285,17 @@ fn program_and_model_agree_on_random_and_mutated_frames() {
                 }
             };
             h.set_gateway(GW2, gw2).unwrap();
+            // The node's MTU: none, small (IPv4 packets of a few hundred bytes are too big;
+            // IPv6 counts it as 1320), or a common one.
+            let mtu = [0, 200, 1400, 200, 1500][(i / 15_000) % 5];
+            h.set_node(NodeConfig {
+                flags: NODE_F_V4 | NODE_F_V6,
+                addr4: NODE4.octets(),
+                addr6: NODE6.octets(),
+                mac: NODE_MAC,
+                mtu,
+            })
+            .unwrap();
             // Take service 7 and its address away, or put them back: the prefilter bit
             // must follow.
             let svc = VipKey {

@@ -175,7 +175,7 @@ fn node_config(host: &Host) -> NodeConfig {
         addr4: v4_of(host).octets(),
         addr6: v6_of(host).octets(),
         mac: host.mac,
-        _pad: [0; 2],
+        mtu: 0,
     }
 }
 

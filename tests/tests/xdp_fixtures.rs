@@ -829,3 +829,150 @@ fn vip_table_probes_collisions_and_refuses_a_fifth() {
     }
     h.check_counters().unwrap();
 }
+
+/// Sets this node's MTU in the program and the model (the standard node otherwise).
+fn set_mtu(h: &mut Harness, mtu: u16) {
+    use lb_common::datapath::{NODE_F_V4, NODE_F_V6, NodeConfig};
+    h.set_node(NodeConfig {
+        flags: NODE_F_V4 | NODE_F_V6,
+        addr4: NODE4.octets(),
+        addr6: NODE6.octets(),
+        mac: frames::NODE_MAC,
+        mtu,
+    })
+    .unwrap();
+}
+
+/// Runs `input`, which must be answered with an ICMP error; checks what the program and
+/// the model agree on and returns the parsed reply.
+fn too_big_reply(h: &mut Harness, what: &str, input: &[u8]) -> Vec<u8> {
+    let (got, model) = h.run(input).unwrap();
+    assert_eq!(model.reason, ExitReason::IcmpTooBig, "{what}: the model");
+    assert_eq!(
+        got.action,
+        ExitReason::IcmpTooBig.action(),
+        "{what}: verdict"
+    );
+    assert_eq!(
+        hex(&got.frame),
+        hex(&model.frame),
+        "{what}: program vs model"
+    );
+    // Back to the sender: the MACs swapped.
+    assert_eq!(got.frame[0..6], input[6..12], "{what}: destination MAC");
+    assert_eq!(got.frame[6..12], input[0..6], "{what}: source MAC");
+    got.frame
+}
+
+#[test]
+fn packets_too_big_for_the_mtu_are_answered_with_icmp() {
+    use etherparse::{
+        Icmpv4Header, Icmpv4Type, Icmpv6Header, Icmpv6Type, NetHeaders, PacketHeaders,
+        TransportHeader, icmpv4::DestUnreachableHeader,
+    };
+    if !require_root("packets_too_big_for_the_mtu_are_answered_with_icmp") {
+        return;
+    }
+    let mut h = harness();
+    set_mtu(&mut h, 1400);
+    let body = vec![0x5a; 1400];
+
+    // IPv4 with DF, tagged and with options: "fragmentation needed" with MTU 1400 - 20,
+    // quoting the IP header (24 bytes) and 8 bytes.
+    let mut ip = V4::new(CLIENT4, VIP_SPLIT, 6);
+    ip.df = true;
+    ip.options = vec![1, 1, 1, 1];
+    let inner = ip.packet(&tcp(40000, 80, TCP_ACK, &body));
+    let input = ethernet(Some(42), 0x0800, &inner);
+    let reply = too_big_reply(&mut h, "IPv4 DF", &input);
+    let headers = PacketHeaders::from_ethernet_slice(&reply).unwrap();
+    let Some(NetHeaders::Ipv4(ip4, _)) = &headers.net else {
+        panic!("not IPv4: {headers:?}")
+    };
+    assert_eq!(ip4.source, VIP_SPLIT.octets());
+    assert_eq!(ip4.destination, CLIENT4.octets());
+    assert_eq!(ip4.header_checksum, ip4.calc_header_checksum());
+    assert_eq!(ip4.time_to_live, 64);
+    let Some(TransportHeader::Icmpv4(icmp)) = &headers.transport else {
+        panic!("not ICMP: {headers:?}")
+    };
+    assert_eq!(
+        icmp.icmp_type,
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded {
+            next_hop_mtu: 1380
+        })
+    );
+    let quote = headers.payload.slice();
+    assert_eq!(quote, &inner[..24 + 8], "the quote");
+    assert_eq!(
+        icmp.checksum,
+        Icmpv4Header::with_checksum(icmp.icmp_type.clone(), quote).checksum
+    );
+    assert_eq!(reply.len(), 18 + 20 + 8 + 32);
+    assert!(
+        matches!(headers.link, Some(etherparse::LinkHeader::Ethernet2(_))),
+        "{headers:?}"
+    );
+
+    // IPv4 without DF: dropped (the data path cannot fragment).
+    let mut ip = V4::new(CLIENT4, VIP_SPLIT, 6);
+    ip.df = false;
+    let input = eth4(&ip.packet(&tcp(40000, 80, TCP_ACK, &body)));
+    check(
+        &mut h,
+        &case("IPv4 without DF", input, ExitReason::DropTooBig, Out::Same),
+    );
+    // A packet that fits is encapsulated as ever.
+    let mut ip = V4::new(CLIENT4, VIP_SPLIT, 6);
+    ip.df = true;
+    let fits = ip.packet(&tcp(40000, 80, TCP_ACK, &body[..1340]));
+    let (got, _) = h.run(&eth4(&fits)).unwrap();
+    assert_eq!(got.action, ExitReason::Tx.action(), "1380 + 20 bytes fit");
+
+    // IPv6: "packet too big" with MTU 1400 - 40, quoting 1232 bytes, checksum over the
+    // pseudo-header.
+    let inner = ipv6(CLIENT6, VIP6, 6, 0, 0, &tcp(40000, 8080, TCP_ACK, &body));
+    let input = eth6(&inner);
+    let reply = too_big_reply(&mut h, "IPv6", &input);
+    let headers = PacketHeaders::from_ethernet_slice(&reply).unwrap();
+    let Some(NetHeaders::Ipv6(ip6, _)) = &headers.net else {
+        panic!("not IPv6: {headers:?}")
+    };
+    assert_eq!(ip6.source, VIP6.octets());
+    assert_eq!(ip6.destination, CLIENT6.octets());
+    assert_eq!(ip6.hop_limit, 64);
+    let Some(TransportHeader::Icmpv6(icmp)) = &headers.transport else {
+        panic!("not ICMPv6: {headers:?}")
+    };
+    assert_eq!(icmp.icmp_type, Icmpv6Type::PacketTooBig { mtu: 1360 });
+    let quote = headers.payload.slice();
+    assert_eq!(quote, &inner[..1232], "the quote");
+    assert_eq!(
+        icmp.checksum,
+        Icmpv6Header::with_checksum(icmp.icmp_type, ip6.source, ip6.destination, quote)
+            .unwrap()
+            .checksum
+    );
+    assert_eq!(reply.len(), 14 + 40 + 8 + 1232);
+
+    // An MTU below what IPv6 allows counts as 1320: a 1300-byte packet still goes through,
+    // a bigger one gets "packet too big" with 1280.
+    set_mtu(&mut h, 1000);
+    let fits = ipv6(
+        CLIENT6,
+        VIP6,
+        6,
+        0,
+        0,
+        &tcp(40000, 8080, TCP_ACK, &body[..1220]),
+    );
+    let (got, _) = h.run(&eth6(&fits)).unwrap();
+    assert_eq!(got.action, ExitReason::Tx.action());
+    let reply = too_big_reply(&mut h, "IPv6 at 1280", &input);
+    let headers = PacketHeaders::from_ethernet_slice(&reply).unwrap();
+    let Some(TransportHeader::Icmpv6(icmp)) = &headers.transport else {
+        panic!("not ICMPv6")
+    };
+    assert_eq!(icmp.icmp_type, Icmpv6Type::PacketTooBig { mtu: 1280 });
+    h.check_counters().unwrap();
+}
