@@ -58,6 +58,12 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for TrackedBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
+            // hyper stops polling a body that says it has ended (after its last data frame,
+            // or before any for an empty body), so the end is seen here rather than as a
+            // `None` frame.
+            if !this.outcome.failed && this.inner.is_end_stream() {
+                this.outcome.complete = true;
+            }
             let outcome = *this.outcome;
             if let Some(hook) = this.hook.take() {
                 hook(outcome);
@@ -126,4 +132,47 @@ impl Body for TrackedBody {
 /// Boxes a tracked body.
 pub fn boxed(body: TrackedBody) -> ResponseBody {
     BoxBody::new(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    fn tracked(inner: ResponseBody) -> (TrackedBody, Arc<Mutex<Option<BodyOutcome>>>) {
+        let seen = Arc::new(Mutex::new(None));
+        let s = Arc::clone(&seen);
+        let body = TrackedBody::new(inner, move |o| *s.lock().unwrap() = Some(o));
+        (body, seen)
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_after_its_last_frame_counts_as_complete() {
+        // What hyper does with a body of known length: one frame, then no further poll.
+        let (mut body, seen) = tracked(full("abc"));
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().map(Bytes::len), Some(3));
+        drop(body);
+        let o = seen.lock().unwrap().unwrap();
+        assert!(o.complete && !o.failed);
+        assert_eq!(o.bytes, 3);
+        // An empty body is never polled.
+        let (body, seen) = tracked(empty());
+        drop(body);
+        assert!(seen.lock().unwrap().unwrap().complete);
+    }
+
+    #[tokio::test]
+    async fn a_body_dropped_before_its_end_is_incomplete() {
+        let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(2);
+        let (mut body, seen) = tracked(rx.boxed());
+        let mut tx = tx;
+        tx.send_data(Bytes::from_static(b"ab")).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        let o = seen.lock().unwrap().unwrap();
+        assert!(!o.complete);
+        assert_eq!(o.bytes, 2);
+    }
 }

@@ -3,13 +3,26 @@
 use std::any::Any;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use http::HeaderValue;
 
-/// Connection facts, inserted into each request's extensions by the listener.
+/// Connection facts, inserted into each request's extensions by the listener. One shared
+/// allocation per connection: a request's copies (extensions, layers) are one reference count
+/// each.
 #[derive(Debug, Clone)]
-pub struct ConnInfo {
+pub struct ConnInfo(Arc<ConnFacts>);
+
+impl std::ops::Deref for ConnInfo {
+    type Target = ConnFacts;
+    fn deref(&self) -> &ConnFacts {
+        &self.0
+    }
+}
+
+/// See [`ConnInfo`].
+#[derive(Debug)]
+pub struct ConnFacts {
     /// Listener name (key of `[listeners.NAME]`).
     pub listener: Arc<str>,
     /// The client's address as seen by the socket.
@@ -28,7 +41,10 @@ pub struct ConnInfo {
     pub forwarded: Arc<str>,
     /// The host-dependent forwarding values of the last host seen on this connection (the
     /// host rarely changes on a connection, so they are built once, not per request).
-    host_values: Arc<Mutex<Option<HostValues>>>,
+    host_values: Mutex<Option<HostValues>>,
+    /// `peer` as text, made on first use (the access log) and then shared by the
+    /// connection's requests.
+    peer_text: OnceLock<Box<str>>,
     /// Keeps the connection counted (its `max_connections` slot and the active-connection
     /// gauge) for as long as a clone lives, so a tunnel that outlives the HTTP connection
     /// still counts.
@@ -45,7 +61,7 @@ impl ConnInfo {
         } else {
             format!("for={ip};proto={proto}")
         };
-        Self {
+        Self(Arc::new(ConnFacts {
             listener,
             peer,
             tls,
@@ -54,9 +70,10 @@ impl ConnInfo {
             forwarded_for: HeaderValue::from_str(&ip.to_string())
                 .unwrap_or_else(|_| HeaderValue::from_static("unknown")),
             forwarded: Arc::from(forwarded),
-            host_values: Arc::default(),
+            host_values: Mutex::default(),
+            peer_text: OnceLock::new(),
             hold,
-        }
+        }))
     }
 
     /// `X-Forwarded-Host` and this hop's `Forwarded` element (`for=...;proto=...;host=...`)
@@ -92,6 +109,12 @@ impl ConnInfo {
         let out = (values.forwarded_host.clone(), values.forwarded.clone());
         *cache = Some(values);
         out
+    }
+
+    /// The client's `IP:port` as text.
+    pub fn peer_text(&self) -> &str {
+        self.peer_text
+            .get_or_init(|| self.peer.to_string().into_boxed_str())
     }
 
     /// Whether ambiguous framing was seen on this connection.

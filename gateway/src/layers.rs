@@ -15,7 +15,7 @@ use http::{HeaderValue, Request, Response, header};
 use tower::{Layer, Service};
 use tracing::Instrument;
 
-use crate::accesslog::{self, AccessLine, RequestLog};
+use crate::accesslog::{AccessLine, AccessLog, RequestLog};
 use crate::body::{self, ResponseBody, TrackedBody};
 use crate::config::RouteConfig;
 use crate::conn::ConnInfo;
@@ -76,6 +76,7 @@ pub struct ObserveLayer {
 struct ObserveState {
     metrics: Metrics,
     access_log: Arc<std::sync::atomic::AtomicBool>,
+    access_log_output: AccessLog,
     /// The request metrics of recently seen (route, method, status class) combinations.
     /// There is one state per connection (see `Shared::service_stack`), so the lock is not
     /// contended and the listener label is fixed.
@@ -149,12 +150,18 @@ impl ObserveState {
 }
 
 impl ObserveLayer {
-    /// `access_log` is read per request so that a reload can switch it.
-    pub fn new(metrics: Metrics, access_log: Arc<std::sync::atomic::AtomicBool>) -> Self {
+    /// `access_log` is read per request so that a reload can switch it; lines go to
+    /// `access_log_output`.
+    pub fn new(
+        metrics: Metrics,
+        access_log: Arc<std::sync::atomic::AtomicBool>,
+        access_log_output: AccessLog,
+    ) -> Self {
         Self {
             state: Arc::new(ObserveState {
                 metrics,
                 access_log,
+                access_log_output,
                 cache: std::sync::Mutex::new(Vec::new()),
             }),
         }
@@ -178,13 +185,21 @@ pub struct Observe<S> {
     state: Arc<ObserveState>,
 }
 
-/// What the access log needs besides the response (collected only when it is on).
+/// What the access log needs besides the response (collected only when it is on): cheap
+/// reference-counted copies of request parts, turned into text only when the line is written.
 struct AccessFields {
-    request_id: String,
-    trace_id: Option<String>,
-    host: Option<String>,
-    path: String,
+    request_id: Option<HeaderValue>,
+    traceparent: Option<HeaderValue>,
+    /// The `Host` header, used when the URI has no authority.
+    host_header: Option<HeaderValue>,
+    uri: http::Uri,
     protocol: &'static str,
+}
+
+/// Header bytes as text for the log: not every header value is UTF-8 (obs-text), and the
+/// line must stay valid JSON, so invalid sequences become U+FFFD.
+fn lossy(v: &HeaderValue) -> std::borrow::Cow<'_, str> {
+    String::from_utf8_lossy(v.as_bytes())
 }
 
 fn protocol_name(v: http::Version) -> &'static str {
@@ -232,19 +247,10 @@ where
             .access_log
             .load(std::sync::atomic::Ordering::Relaxed)
             .then(|| AccessFields {
-                request_id: header_string(req.headers().get(&REQUEST_ID)).unwrap_or_default(),
-                trace_id: req
-                    .headers()
-                    .get(&TRACEPARENT)
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(TraceParent::parse)
-                    .map(|t| t.trace_id),
-                host: req
-                    .uri()
-                    .authority()
-                    .map(|a| a.to_string())
-                    .or_else(|| header_string(req.headers().get(header::HOST))),
-                path: req.uri().path().to_string(),
+                request_id: req.headers().get(&REQUEST_ID).cloned(),
+                traceparent: req.headers().get(&TRACEPARENT).cloned(),
+                host_header: req.headers().get(header::HOST).cloned(),
+                uri: req.uri().clone(),
                 protocol: protocol_name(req.version()),
             });
         let method = req.method().clone();
@@ -274,16 +280,25 @@ where
                         elapsed,
                     );
                     if let Some(access) = access {
-                        accesslog::emit(&AccessLine {
-                            request_id: &access.request_id,
-                            trace_id: access.trace_id.as_deref(),
+                        let request_id = access.request_id.as_ref().map(lossy);
+                        let trace_id = access
+                            .traceparent
+                            .as_ref()
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(TraceParent::parse)
+                            .map(|t| t.trace_id);
+                        let host = match access.uri.authority() {
+                            Some(a) => Some(std::borrow::Cow::Borrowed(a.as_str())),
+                            None => access.host_header.as_ref().map(lossy),
+                        };
+                        state.access_log_output.write(&AccessLine {
+                            request_id: request_id.as_deref().unwrap_or(""),
+                            trace_id: trace_id.as_deref(),
                             listener,
-                            client_addr: conn
-                                .as_ref()
-                                .map_or_else(|| ([0, 0, 0, 0], 0).into(), |c| c.peer),
+                            client_addr: conn.as_ref().map_or("-", ConnInfo::peer_text),
                             method: method.as_str(),
-                            host: access.host.as_deref(),
-                            path: &access.path,
+                            host: host.as_deref(),
+                            path: access.uri.path(),
                             protocol: access.protocol,
                             status,
                             route: fields.route.as_ref().map(|r| r.name.as_str()),
@@ -292,8 +307,8 @@ where
                             attempts: fields.attempts,
                             bytes_sent: outcome.bytes,
                             complete: outcome.complete,
-                            duration_ms: accesslog::millis(elapsed),
-                            ttfb_ms: accesslog::millis(ttfb),
+                            duration: elapsed,
+                            ttfb,
                             error: fields.error.as_deref(),
                             error_origin: fields.error_origin,
                         });
@@ -304,10 +319,6 @@ where
             .instrument(span),
         )
     }
-}
-
-fn header_string(v: Option<&HeaderValue>) -> Option<String> {
-    v.and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
 struct InFlightGauge(prometheus::IntGauge);

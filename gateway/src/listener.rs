@@ -309,7 +309,7 @@ async fn serve_http<S>(
     limits: &crate::config::ListenerConfig,
     state: Arc<ConnState>,
     flag: Arc<AtomicBool>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -339,9 +339,19 @@ async fn serve_http<S>(
     });
     let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
         .clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let header_timeout = limits.header_timeout;
-    let idle_timeout = limits.idle_timeout;
     let draining = *shutdown.borrow();
+    // The timer and the shutdown signal live in a task of their own: polled beside the
+    // connection, they would be polled again on every wake-up of the connection (several per
+    // request); this way the connection polls one `Notified` that is cheap while pending.
+    let control = Arc::new(Control::default());
+    let _watchdog = AbortOnDrop(tokio::spawn(watch_connection(
+        Arc::clone(&state),
+        Arc::clone(&control),
+        shutdown,
+        tick,
+        limits.header_timeout,
+        limits.idle_timeout,
+    )));
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
@@ -361,12 +371,9 @@ async fn serve_http<S>(
                     }
                     return;
                 }
-                _ = shutdown.changed(), if !shutting_down => {
-                    shutting_down = true;
-                    c.as_mut().graceful_shutdown();
-                }
-                () = tokio::time::sleep(tick) => {
-                    if !shutting_down && watchdog(&state, header_timeout, idle_timeout) != Verdict::Ok {
+                () = control.notify.notified() => {
+                    // HTTP/2 has no partial-request state: any verdict closes gracefully.
+                    if control.take() != Command::None && !shutting_down {
                         shutting_down = true;
                         c.as_mut().graceful_shutdown();
                     }
@@ -378,6 +385,7 @@ async fn serve_http<S>(
     builder
         .timer(TokioTimer::new())
         .keep_alive(true)
+        .writev(false)
         .header_read_timeout(None)
         .max_header_size(limits.max_header_bytes)
         .max_buf_size(limits.max_header_bytes.max(8192) + 8192);
@@ -398,19 +406,15 @@ async fn serve_http<S>(
                 }
                 return;
             }
-            _ = shutdown.changed(), if !shutting_down => {
-                shutting_down = true;
-                Pin::new(&mut c).graceful_shutdown();
-            }
-            () = tokio::time::sleep(tick) => match watchdog(&state, header_timeout, idle_timeout) {
-                Verdict::Ok => {}
-                Verdict::Idle => {
+            () = control.notify.notified() => match control.take() {
+                Command::None => {}
+                Command::Graceful => {
                     if !shutting_down {
                         shutting_down = true;
                         Pin::new(&mut c).graceful_shutdown();
                     }
                 }
-                Verdict::HeaderTimeout => {
+                Command::HeaderTimeout => {
                     let Some(parts) = c.into_parts() else {
                         return;
                     };
@@ -426,6 +430,75 @@ async fn serve_http<S>(
                     }
                     return;
                 }
+            }
+        }
+    }
+}
+
+/// What the watchdog asks of its connection (the most severe request wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Command {
+    None = 0,
+    /// Finish the requests in flight and close (shutdown, or idle too long).
+    Graceful = 1,
+    /// A request head took longer than `header_timeout`: answer 408 and close.
+    HeaderTimeout = 2,
+}
+
+/// The watchdog's mailbox of one connection.
+#[derive(Debug, Default)]
+struct Control {
+    command: std::sync::atomic::AtomicU8,
+    notify: Notify,
+}
+
+impl Control {
+    fn send(&self, command: Command) {
+        self.command.fetch_max(command as u8, Ordering::AcqRel);
+        // Stores a permit when the connection is not waiting, so nothing is lost.
+        self.notify.notify_one();
+    }
+
+    fn take(&self) -> Command {
+        match self.command.swap(0, Ordering::AcqRel) {
+            0 => Command::None,
+            1 => Command::Graceful,
+            _ => Command::HeaderTimeout,
+        }
+    }
+}
+
+/// Aborts the task when dropped (the watchdog ends with its connection).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Watches one connection: shutdown, header timeout and idle timeout, checked every `tick`.
+async fn watch_connection(
+    state: Arc<ConnState>,
+    control: Arc<Control>,
+    mut shutdown: watch::Receiver<bool>,
+    tick: Duration,
+    header_timeout: Duration,
+    idle_timeout: Duration,
+) {
+    let mut shutdown_seen = *shutdown.borrow();
+    loop {
+        tokio::select! {
+            // Err: the gateway is gone; either way the connection is to close.
+            _ = shutdown.changed(), if !shutdown_seen => {
+                shutdown_seen = true;
+                control.send(Command::Graceful);
+            }
+            () = tokio::time::sleep(tick) => match watchdog(&state, header_timeout, idle_timeout) {
+                Verdict::Ok => {}
+                Verdict::Idle => control.send(Command::Graceful),
+                Verdict::HeaderTimeout => control.send(Command::HeaderTimeout),
             }
         }
     }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use lb_gateway::accesslog::AccessLog;
 use lb_gateway::server::{self, Gateway, StartError};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -43,8 +44,8 @@ enum Command {
         /// Path to the TOML config file.
         #[arg(long, short = 'c', env = "LB_GATEWAY_CONFIG")]
         config: PathBuf,
-        /// Log format of stdout; access-log events carry a JSON object as their message in
-        /// both formats.
+        /// Log format of stdout for events; access-log lines are JSON objects in both
+        /// formats.
         #[arg(long, value_enum, default_value_t = LogFormat::Json)]
         log_format: LogFormat,
         /// Worker threads serving connections (default: one per CPU).
@@ -105,19 +106,26 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
-                Ok(()) => ExitCode::SUCCESS,
+            let result = runtime.block_on(run(config));
+            // Tasks still running (connections the drain gave up on) are dropped with the
+            // runtime and log their requests then; the access log is written out after.
+            drop(runtime);
+            let access_log = match result {
+                Ok(access_log) => access_log,
                 Err(e) => {
                     report(&*e);
-                    if e.downcast_ref::<StartError>()
+                    return if e
+                        .downcast_ref::<StartError>()
                         .is_some_and(|s| matches!(s, StartError::Config(_)))
                     {
                         ExitCode::from(EXIT_CONFIG)
                     } else {
                         ExitCode::FAILURE
-                    }
+                    };
                 }
-            }
+            };
+            access_log.flush();
+            ExitCode::SUCCESS
         }
     }
 }
@@ -137,7 +145,8 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run(config: PathBuf) -> anyhow::Result<()> {
+/// Serves until SIGTERM or SIGINT, then drains; returns the access log to flush last.
+async fn run(config: PathBuf) -> anyhow::Result<AccessLog> {
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -157,10 +166,11 @@ async fn run(config: PathBuf) -> anyhow::Result<()> {
         }
     }
     tracing::info!("draining");
+    let access_log = gateway.access_log().clone();
     let report = gateway.shutdown().await;
     tracing::info!(
         remaining_connections = report.remaining_connections,
         "stopped"
     );
-    Ok(())
+    Ok(access_log)
 }

@@ -3,8 +3,8 @@
 //! Names carry units and `_total` suffixes; the reference is in `gateway/CONFIG.md`.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 /// Error registering a metric (a programming error: duplicate name or bad label).
@@ -41,6 +41,8 @@ pub struct Metrics {
     pub upstream_pool_reused_requests_total: IntCounterVec,
     /// Config reloads by result (`success`, `failure`).
     pub config_reloads_total: IntCounterVec,
+    /// Access-log lines dropped because the output could not keep up (or failed).
+    pub access_log_dropped_lines_total: IntCounter,
 }
 
 impl Metrics {
@@ -123,6 +125,11 @@ impl Metrics {
             "Config reloads by result (success, failure).",
             &["result"],
         )?;
+        let access_log_dropped_lines_total = IntCounter::new(
+            "lb_gateway_access_log_dropped_lines_total",
+            "Access-log lines dropped because the output could not keep up or failed.",
+        )?;
+        registry.register(Box::new(access_log_dropped_lines_total.clone()))?;
         Ok(Self {
             registry,
             requests_total,
@@ -137,6 +144,7 @@ impl Metrics {
             upstream_connections_opened_total,
             upstream_pool_reused_requests_total,
             config_reloads_total,
+            access_log_dropped_lines_total,
         })
     }
 

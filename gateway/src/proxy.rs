@@ -387,18 +387,24 @@ async fn forward(
     let start = Instant::now();
     let deadline = start + cfg.timeout;
     up.budget.record_request(start);
-    let mut tried: Vec<usize> = Vec::new();
+    // Members tried so far, on the stack: attempts are bounded by `retry.max_retries` (at
+    // most 10) + 1.
+    let mut tried = [0usize; 11];
+    let mut tried_len = 0;
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
         let now = Instant::now();
         let idx = up
             .balancer
-            .pick(&up.members, hash, &tried, now)
+            .pick(&up.members, hash, &tried[..tried_len], now)
             .ok_or_else(|| ProxyError::NoMember {
                 upstream: name.to_string(),
             })?;
-        tried.push(idx);
+        if let Some(slot) = tried.get_mut(tried_len) {
+            *slot = idx;
+            tried_len += 1;
+        }
         let member = &up.members[idx];
         if let Some(log) = log {
             log.set_member(member, attempt);

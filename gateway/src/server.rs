@@ -14,6 +14,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
+use crate::accesslog::{AccessLog, AccessLogError};
 use crate::config::{self, ConfigError};
 use crate::layers::{
     ErrorLayer, ErrorToResponse, Observe, ObserveLayer, RequestId, RequestIdLayer,
@@ -41,6 +42,25 @@ pub enum StartError {
     },
     #[error(transparent)]
     Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    AccessLog(#[from] AccessLogError),
+}
+
+/// Where the access log goes.
+pub enum AccessLogOutput {
+    /// Standard output (the binary).
+    Stdout,
+    /// Any writer (tests).
+    Writer(Box<dyn std::io::Write + Send>),
+}
+
+impl std::fmt::Debug for AccessLogOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Stdout => "Stdout",
+            Self::Writer(_) => "Writer",
+        })
+    }
 }
 
 /// State shared by listeners, the admin API and signal handlers.
@@ -52,7 +72,9 @@ pub struct Shared {
     draining: AtomicBool,
     active_connections: AtomicUsize,
     connection_closed: Notify,
+    /// Whether the access log is on (the config's `global.access_log`, switched by reloads).
     access_log: Arc<AtomicBool>,
+    access_log_output: AccessLog,
     reload_lock: Mutex<()>,
 }
 
@@ -90,6 +112,7 @@ impl Shared {
             .layer(ObserveLayer::new(
                 self.metrics.clone(),
                 Arc::clone(&self.access_log),
+                self.access_log_output.clone(),
             ))
             .layer(ErrorLayer)
             .service(ProxyService::new(Arc::clone(self)))
@@ -211,10 +234,24 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Loads the config, binds every listener and the admin endpoint, and starts serving.
+    /// Loads the config, binds every listener and the admin endpoint, and starts serving;
+    /// the access log goes to stdout.
     pub async fn start(config_path: &Path) -> Result<Self, StartError> {
+        Self::start_with(config_path, AccessLogOutput::Stdout).await
+    }
+
+    /// [`Self::start`] with the access log going to `access_log`.
+    pub async fn start_with(
+        config_path: &Path,
+        access_log: AccessLogOutput,
+    ) -> Result<Self, StartError> {
         let config = config::load(config_path)?;
         let metrics = Metrics::new()?;
+        let dropped = metrics.access_log_dropped_lines_total.clone();
+        let access_log_output = match access_log {
+            AccessLogOutput::Stdout => AccessLog::stdout(dropped)?,
+            AccessLogOutput::Writer(w) => AccessLog::new(w, dropped)?,
+        };
         let mut snapshot =
             Snapshot::build(config, None, &metrics).map_err(|errors| ConfigError::Invalid {
                 file: config_path.to_path_buf(),
@@ -237,6 +274,7 @@ impl Gateway {
             active_connections: AtomicUsize::new(0),
             connection_closed: Notify::new(),
             access_log: Arc::new(AtomicBool::new(access_log)),
+            access_log_output,
             reload_lock: Mutex::new(()),
         });
         let (shutdown, rx) = watch::channel(false);
@@ -313,6 +351,11 @@ impl Gateway {
         &self.shared
     }
 
+    /// The access log (to flush it after the runtime has stopped).
+    pub fn access_log(&self) -> &AccessLog {
+        &self.shared.access_log_output
+    }
+
     /// Reloads the config file (see [`Shared::reload`]).
     pub fn reload(&self) -> Result<(), ConfigError> {
         self.shared.reload()
@@ -354,6 +397,7 @@ impl Gateway {
         if let Some(t) = &self.admin_task {
             t.abort();
         }
+        self.shared.access_log_output.flush();
         ShutdownReport {
             remaining_connections: remaining,
         }

@@ -196,3 +196,50 @@ async fn admin_endpoints() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn access_log_lines_stay_one_valid_json_object_with_hostile_input() {
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    // Quotes, backslashes and braces in the path; a tab, quotes, a backslash and bytes that
+    // are not UTF-8 in the Host header; a client request id with a quote and a backslash
+    // (visible ASCII, so it is kept).
+    let request: &[u8] = b"GET /api/x\"y\\z{}?q=1 HTTP/1.1\r\n\
+        Host: h\xff\xfe\"o\\st\tx\r\n\
+        x-request-id: id\"with\\quote\r\n\
+        Connection: close\r\n\r\n";
+    let answer = raw(gw.addr("web"), request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // A request the router answers itself, with a 404.
+    let answer = raw(
+        gw.addr("web"),
+        b"GET /nothing\\here HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+    let mut lines = Vec::new();
+    eventually("two access-log lines", || {
+        lines = gw.access_lines();
+        std::future::ready(lines.len() >= 2)
+    })
+    .await;
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let proxied = &lines[0];
+    assert_eq!(proxied["target"], "access_log");
+    assert_eq!(proxied["path"], "/api/x\"y\\z{}");
+    assert_eq!(proxied["host"], "h\u{fffd}\u{fffd}\"o\\st\tx");
+    assert_eq!(proxied["request_id"], "id\"with\\quote");
+    assert_eq!(proxied["status"], 200);
+    assert_eq!(proxied["route"], "api");
+    assert_eq!(proxied["upstream"], "api");
+    assert_eq!(proxied["member"], up.addr.to_string());
+    assert_eq!(proxied["attempts"], 1);
+    assert_eq!(proxied["complete"], true);
+    assert_eq!(proxied["protocol"], "HTTP/1.1");
+    assert_eq!(proxied["method"], "GET");
+    let unrouted = &lines[1];
+    assert_eq!(unrouted["path"], "/nothing\\here");
+    assert_eq!(unrouted["status"], 404);
+    assert_eq!(unrouted["error_origin"], "client");
+    assert_eq!(unrouted["request_id"].as_str().unwrap().len(), 32);
+}

@@ -180,16 +180,7 @@ async fn start(mtls: bool) -> (TestUpstream, TestGateway, Pki) {
     let dir = TempDir::new();
     let pki = make_pki(&dir);
     let path = dir.write("gateway.toml", &config(&up, mtls));
-    let gw = lb_gateway::server::Gateway::start(&path).await.unwrap();
-    (
-        up,
-        TestGateway {
-            gw: Some(gw),
-            dir,
-            config: path,
-        },
-        pki,
-    )
+    (up, TestGateway::start_file(dir, path).await, pki)
 }
 
 #[tokio::test]

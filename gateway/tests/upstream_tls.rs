@@ -132,11 +132,7 @@ match = {{ path_prefix = "/nocert" }}
         h2 = h2.addr,
     );
     let path = dir.write("gateway.toml", &text);
-    let gw = TestGateway {
-        gw: Some(lb_gateway::server::Gateway::start(&path).await.unwrap()),
-        dir,
-        config: path,
-    };
+    let gw = TestGateway::start_file(dir, path).await;
     let c = client();
     for _ in 0..3 {
         let (status, _, body) = get(&c, &gw.url("web", "/one/a")).await;

@@ -209,7 +209,9 @@ impl Http1Pool {
             .await
             .map_err(SendError::Connect)?;
         let uses = io.uses();
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
+            .writev(false)
+            .handshake(io)
             .await
             .map_err(|e| SendError::Connect(e.into()))?;
         tokio::spawn(async move {

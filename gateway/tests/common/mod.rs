@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use lb_gateway::server::Gateway;
+use lb_gateway::server::{AccessLogOutput, Gateway};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
@@ -254,25 +254,59 @@ pub async fn closed_port() -> SocketAddr {
     l.local_addr().unwrap()
 }
 
+/// The access log of a test gateway, in memory.
+#[derive(Clone, Default)]
+pub struct Captured(pub Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// A running gateway and its config directory.
 pub struct TestGateway {
     pub gw: Option<Gateway>,
     pub dir: TempDir,
     pub config: PathBuf,
+    pub access_log: Captured,
 }
 
 impl TestGateway {
     pub async fn start(config: &str) -> Self {
         let dir = TempDir::new();
         let path = dir.write("gateway.toml", config);
-        let gw = Gateway::start(&path)
+        Self::start_file(dir, path).await
+    }
+
+    /// A gateway from a config file already in `dir`.
+    pub async fn start_file(dir: TempDir, path: PathBuf) -> Self {
+        let access_log = Captured::default();
+        let gw = Gateway::start_with(&path, AccessLogOutput::Writer(Box::new(access_log.clone())))
             .await
             .unwrap_or_else(|e| panic!("start: {e}"));
         Self {
             gw: Some(gw),
             dir,
             config: path,
+            access_log,
         }
+    }
+
+    /// The access-log lines so far (flushed first), each checked to be one JSON object.
+    pub fn access_lines(&self) -> Vec<serde_json::Value> {
+        self.gw().access_log().flush();
+        let bytes = self.access_log.0.lock().unwrap().clone();
+        let text = String::from_utf8(bytes).expect("the access log is UTF-8");
+        text.split_terminator('\n')
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| panic!("not one JSON object: {e}: {l}"))
+            })
+            .collect()
     }
 
     pub fn gw(&self) -> &Gateway {
