@@ -917,3 +917,53 @@ fn dsr_ring_change_keeps_established_connections() {
     dsr.check_no_drops().unwrap();
     eprintln!("took {:?}", started.elapsed());
 }
+
+/// Path-MTU discovery through the LB: with the LB's MTU set to the clients' (1500), a
+/// full-size client segment would exceed it once encapsulated. The program answers it with
+/// ICMP "fragmentation needed" / ICMPv6 "packet too big" from the VIP; the client's kernel
+/// lowers its path MTU to the VIP and resends, and every upload completes.
+#[test]
+fn dsr_too_big_packets_recover_by_path_mtu_discovery() {
+    if !require_root("dsr_too_big_packets_recover_by_path_mtu_discovery") {
+        return;
+    }
+    let mut dsr = Dsr::up("lbtpmtu").unwrap();
+    let node = node_config(dsr.lab.host("lb").unwrap());
+    dsr.lb.set_node(&NodeConfig { mtu: 1500, ..node }).unwrap();
+    let before = dsr.lb.exit_stats().unwrap();
+    for vip in vips() {
+        let before = dsr
+            .lb
+            .exit_stats()
+            .unwrap()
+            .get(ExitReason::IcmpTooBig)
+            .packets;
+        // Requests of 6,000 bytes: several full-size segments each.
+        let done = connections(&dsr.lab, vip, 5).unwrap();
+        assert_eq!(done.len(), 5, "{vip}");
+        let after = dsr
+            .lb
+            .exit_stats()
+            .unwrap()
+            .get(ExitReason::IcmpTooBig)
+            .packets;
+        assert!(after > before, "{vip}: no ICMP too-big was sent");
+    }
+    let after = dsr.lb.exit_stats().unwrap();
+    assert_eq!(
+        after.get(ExitReason::DropTooBig).packets,
+        before.get(ExitReason::DropTooBig).packets,
+        "TCP sets DF: nothing is dropped as too big"
+    );
+    // The client learned the smaller path MTU to each VIP.
+    let routes = dsr
+        .lab
+        .exec("client", "ip", &["route", "get", &VIP4.to_string()])
+        .unwrap();
+    assert!(routes.contains("mtu 1480"), "{routes}");
+    let routes = dsr
+        .lab
+        .exec("client", "ip", &["-6", "route", "get", &VIP6.to_string()])
+        .unwrap();
+    assert!(routes.contains("mtu 1460"), "{routes}");
+}
