@@ -610,35 +610,37 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
     })
 }
 
-/// The MACs (destination, source) and, when `tagged`, the tag word (bytes 12-15) of the
-/// frame, to answer it.
+/// What an answer to a frame needs of its Ethernet header: the MACs (first four bytes and
+/// last two, raw) and, when tagged, the tag word (bytes 12-15).
+#[derive(Clone, Copy)]
+struct ReplyEth {
+    dst: (u32, u16),
+    src: (u32, u16),
+    tag: u32,
+}
+
 #[inline(always)]
-fn reply_eth_fields(ctx: &XdpContext, tagged: bool) -> Option<((u32, u16), (u32, u16), u32)> {
+fn reply_eth_fields(ctx: &XdpContext, tagged: bool) -> Option<ReplyEth> {
     let eth = Span::<ETH_HLEN>::at(ctx, 0)?;
     let tag = if tagged { raw32(ctx, ETH_HLEN - 2)? } else { 0 };
-    Some((
-        (eth.get::<u32>(0), eth.get::<u16>(4)),
-        (eth.get::<u32>(6), eth.get::<u16>(10)),
+    Some(ReplyEth {
+        dst: (eth.get::<u32>(0), eth.get::<u16>(4)),
+        src: (eth.get::<u32>(6), eth.get::<u16>(10)),
         tag,
-    ))
+    })
 }
 
 /// Writes the Ethernet header of a reply: the input's MACs swapped, its tag kept.
 #[inline(always)]
-fn put_reply_eth(
-    ctx: &XdpContext,
-    (dst, src, tag): ((u32, u16), (u32, u16), u32),
-    tagged: bool,
-    ethertype: u16,
-) -> Option<()> {
+fn put_reply_eth(ctx: &XdpContext, e: ReplyEth, tagged: bool, ethertype: u16) -> Option<()> {
     let eth = Span::<ETH_HLEN>::at(ctx, 0)?;
-    eth.put(0, src.0);
-    eth.put(4, src.1);
-    eth.put(6, dst.0);
-    eth.put(10, dst.1);
+    eth.put(0, e.src.0);
+    eth.put(4, e.src.1);
+    eth.put(6, e.dst.0);
+    eth.put(10, e.dst.1);
     if tagged {
         let t = Span::<{ ETH_HLEN + 4 }>::at(ctx, 0)?;
-        t.put(12, tag);
+        t.put(12, e.tag);
         t.put(16, ethertype.to_be());
     } else {
         eth.put(12, ethertype.to_be());
