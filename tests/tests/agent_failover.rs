@@ -290,3 +290,66 @@ fn tracked_xdp_attachment_moves_the_vip() {
         0
     );
 }
+
+/// Unicast peers instead of multicast: adverts go to the peer's address (seen on the wire),
+/// the higher priority holds the VIP, and a crash of the Master moves it.
+#[test]
+fn unicast_peers_elect_and_fail_over() {
+    if !require_root("unicast_peers_elect_and_fail_over") {
+        return;
+    }
+    let prefix = "lbtfo6";
+    let net = 98;
+    let lab = vrrp_lab(prefix, net, 2);
+    let scratch = Scratch::new(prefix);
+    let vip = vip_v4(net);
+    let hosts = ["node1", "node2"];
+    name_servers(&lab, &hosts, PORT);
+    let vrrp = |priority: u8, peer: u8| {
+        format!(
+            "[[vrrp]]\nname = \"vip\"\nvrid = 72\ninterface = \"eth0\"\npriority = {priority}\n\
+             advert_interval_cs = 10\npreempt = true\nvips = [\"{vip}\"]\nunicast_peers = [\"{}\"]\n",
+            node_v4(net, peer)
+        )
+    };
+    let f1 = agent_config(&scratch, "node1", &[], &vrrp(200, 2));
+    let f2 = agent_config(&scratch, "node2", &[], &vrrp(100, 1));
+    let mut a1 = start_agent(&lab, &scratch, "node1", &f1);
+    let _a2 = start_agent(&lab, &scratch, "node2", &f2);
+    wait_until("node1 holds the VIP", 10, || {
+        holders(&lab, &hosts, vip) == ["node1"]
+    });
+    // On node2's link: node1's adverts (IP protocol 112) addressed to node2, none to the
+    // VRRP multicast group.
+    let seen = lab
+        .exec(
+            "node2",
+            "timeout",
+            &[
+                "3",
+                "tcpdump",
+                "-n",
+                "-l",
+                "-c",
+                "3",
+                "-i",
+                "eth0",
+                "ip proto 112",
+            ],
+        )
+        .unwrap();
+    let to_node2 = format!("{} > {}", node_v4(net, 1), node_v4(net, 2));
+    assert!(seen.contains(&to_node2), "{seen}");
+    assert!(!seen.contains("224.0.0.18"), "{seen}");
+    wait_until("the client reaches node1", 10, || {
+        who_answers(&lab, "client", vip, PORT).as_deref() == Some("node1")
+    });
+
+    a1.sigkill();
+    lab.cut_link("node1").unwrap();
+    wait_until("node2 takes the VIP", 10, || has_addr(&lab, "node2", vip));
+    wait_until("the client reaches node2", 10, || {
+        who_answers(&lab, "client", vip, PORT).as_deref() == Some("node2")
+    });
+    assert_eq!(agent_state(&f2.socket, "vip").as_deref(), Some("master"));
+}
