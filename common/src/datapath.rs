@@ -499,18 +499,6 @@ pub fn is_ipv6_extension(next_header: u8) -> bool {
     )
 }
 
-/// Equality of two 16-byte addresses, as two 64-bit compares (no `memcmp` in BPF).
-#[inline(always)]
-pub fn addr_eq(a: &[u8; 16], b: &[u8; 16]) -> bool {
-    half(a, false) == half(b, false) && half(a, true) == half(b, true)
-}
-
-/// Equality of two IPv4 addresses as one 32-bit compare.
-#[inline(always)]
-pub fn addr4_eq(a: [u8; 4], b: [u8; 4]) -> bool {
-    u32::from_ne_bytes(a) == u32::from_ne_bytes(b)
-}
-
 /// The first 4 bytes of a 16-byte address field (IPv4 addresses are stored there).
 #[inline(always)]
 pub fn v4_of(a: &[u8; 16]) -> [u8; 4] {
