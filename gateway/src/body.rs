@@ -84,11 +84,6 @@ impl TrackedBody {
             hook: Some(Box::new(hook)),
         }
     }
-
-    /// Keeps `guard` alive until the body is done.
-    pub fn holding<G: Send + Sync + 'static>(inner: ResponseBody, guard: G) -> Self {
-        Self::new(inner, move |_| drop(guard))
-    }
 }
 
 impl Body for TrackedBody {
@@ -134,6 +129,73 @@ pub fn boxed(body: TrackedBody) -> ResponseBody {
     BoxBody::new(body)
 }
 
+pin_project_lite::pin_project! {
+    /// A body that keeps a guard until it ends (end of stream, error or drop): what a
+    /// [`TrackedBody`] hook dropping it would do, without a boxed hook, and around any body type so that
+    /// the whole thing is boxed once.
+    pub struct Holding<B, G> {
+        #[pin]
+        inner: B,
+        guard: Option<G>,
+    }
+}
+
+impl<B, G> Holding<B, G> {
+    /// Keeps `guard` alive until `inner` has ended.
+    pub fn new(inner: B, guard: G) -> Self {
+        Self {
+            inner,
+            guard: Some(guard),
+        }
+    }
+}
+
+impl<B, G> Body for Holding<B, G>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => {
+                this.guard.take();
+                Poll::Ready(Some(Err(e.into())))
+            }
+            Poll::Ready(None) => {
+                this.guard.take();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Boxes `inner` with `guard` kept until it ends (one allocation for both).
+pub fn holding<B, G>(inner: B, guard: G) -> ResponseBody
+where
+    B: Body<Data = Bytes> + Send + Sync + 'static,
+    B::Error: Into<BoxError>,
+    G: Send + Sync + 'static,
+{
+    BoxBody::new(Holding::new(inner, guard))
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::{Arc, Mutex};
@@ -161,6 +223,49 @@ mod tests {
         let (body, seen) = tracked(empty());
         drop(body);
         assert!(seen.lock().unwrap().unwrap().complete);
+    }
+
+    /// Sets its flag when dropped.
+    struct Flag(Arc<Mutex<bool>>);
+
+    impl Drop for Flag {
+        fn drop(&mut self) {
+            *self.0.lock().unwrap() = true;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_holding_body_releases_its_guard_at_the_end_or_when_dropped() {
+        // Released when the end is read, before the body is dropped.
+        let released = Arc::new(Mutex::new(false));
+        let (tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(2);
+        let mut body = holding(rx, Flag(Arc::clone(&released)));
+        let mut tx = tx;
+        tx.send_data(Bytes::from_static(b"ab")).await.unwrap();
+        let frame = body.frame().await.unwrap().unwrap();
+        assert_eq!(frame.data_ref().map(Bytes::len), Some(2));
+        assert!(!*released.lock().unwrap());
+        drop(tx);
+        assert!(body.frame().await.is_none());
+        assert!(*released.lock().unwrap());
+        drop(body);
+        // Released when dropped before its end.
+        let released = Arc::new(Mutex::new(false));
+        let (_tx, rx) = http_body_util::channel::Channel::<Bytes, BoxError>::new(2);
+        let body = holding(rx, Flag(Arc::clone(&released)));
+        assert!(!*released.lock().unwrap());
+        drop(body);
+        assert!(*released.lock().unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_holding_body_passes_frames_and_the_end_through() {
+        let released = Arc::new(Mutex::new(false));
+        let body = holding(full("abc"), Flag(Arc::clone(&released)));
+        assert_eq!(body.size_hint().exact(), Some(3));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        assert_eq!(&bytes[..], b"abc");
+        assert!(*released.lock().unwrap());
     }
 
     #[tokio::test]

@@ -13,7 +13,6 @@ use std::time::Instant;
 
 use http::{HeaderValue, Request, Response, header};
 use tower::{Layer, Service};
-use tracing::Instrument;
 
 use crate::accesslog::{AccessLine, AccessLog, RequestLog};
 use crate::body::{self, ResponseBody, TrackedBody};
@@ -22,8 +21,6 @@ use crate::conn::ConnInfo;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
 use crate::trace::{REQUEST_ID, TRACEPARENT, TraceParent};
-
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Adds `x-request-id`.
 #[derive(Debug, Clone, Default)]
@@ -49,7 +46,7 @@ where
 {
     type Response = Response<RB>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<RB>, S::Error>>;
+    type Future = RequestIdFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -58,12 +55,42 @@ where
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let id = crate::trace::request_id(req.headers().get(&REQUEST_ID));
         req.headers_mut().insert(REQUEST_ID.clone(), id.clone());
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            let mut res = fut.await?;
+        RequestIdFuture {
+            inner: self.inner.call(req),
+            id: Some(id),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`RequestId`]: the inner response with `x-request-id` added. The layer
+    /// futures are named types rather than boxes so that a request allocates one future
+    /// (the proxy's), not one per layer.
+    pub struct RequestIdFuture<F> {
+        #[pin]
+        inner: F,
+        id: Option<HeaderValue>,
+    }
+}
+
+impl<F, RB, E> Future for RequestIdFuture<F>
+where
+    F: Future<Output = Result<Response<RB>, E>>,
+{
+    type Output = Result<Response<RB>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut res = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(mut id) = this.id.take() {
+            // Unique per response, so HPACK's dynamic table gains nothing from it; marked
+            // sensitive, HTTP/2 sends it as a never-indexed literal instead of inserting it
+            // (and evicting an entry) in every response, and of comparing it with the ids
+            // still in the table. HTTP/1 ignores the flag.
+            id.set_sensitive(true);
             res.headers_mut().insert(REQUEST_ID.clone(), id);
-            Ok(res)
-        })
+        }
+        Poll::Ready(Ok(res))
     }
 }
 
@@ -231,7 +258,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = S::Error;
-    type Future = BoxFuture<Result<Response<ResponseBody>, S::Error>>;
+    type Future = ObserveFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
@@ -260,64 +287,127 @@ where
         let state = Arc::clone(&self.state);
         state.metrics.in_flight_requests.inc();
         let in_flight = InFlightGauge(state.metrics.in_flight_requests.clone());
-        let fut = self.inner.call(req);
-        Box::pin(
-            async move {
-                let res = fut.await?;
-                let ttfb = start.elapsed();
-                let status = res.status().as_u16();
-                let (parts, inner) = res.into_parts();
-                let body = TrackedBody::new(inner, move |outcome| {
-                    drop(in_flight);
-                    let fields = log.fields();
-                    let listener = conn.as_ref().map_or("-", |c| &*c.listener);
-                    let elapsed = start.elapsed();
-                    state.record(
-                        listener,
-                        fields.route.as_ref(),
-                        &method,
-                        status_class(status),
-                        elapsed,
-                    );
-                    if let Some(access) = access {
-                        let request_id = access.request_id.as_ref().map(lossy);
-                        let trace_id = access
-                            .traceparent
-                            .as_ref()
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(TraceParent::parse)
-                            .map(|t| t.trace_id);
-                        let host = match access.uri.authority() {
-                            Some(a) => Some(std::borrow::Cow::Borrowed(a.as_str())),
-                            None => access.host_header.as_ref().map(lossy),
-                        };
-                        state.access_log_output.write(&AccessLine {
-                            request_id: request_id.as_deref().unwrap_or(""),
-                            trace_id: trace_id.as_deref(),
-                            listener,
-                            client_addr: conn.as_ref().map_or("-", ConnInfo::peer_text),
-                            method: method.as_str(),
-                            host: host.as_deref(),
-                            path: access.uri.path(),
-                            protocol: access.protocol,
-                            status,
-                            route: fields.route.as_ref().map(|r| r.name.as_str()),
-                            upstream: fields.upstream.as_ref().map(|u| u.config.name.as_str()),
-                            member: fields.member.as_ref().map(|m| m.address.as_str()),
-                            attempts: fields.attempts,
-                            bytes_sent: outcome.bytes,
-                            complete: outcome.complete,
-                            duration: elapsed,
-                            ttfb,
-                            error: fields.error.as_deref(),
-                            error_origin: fields.error_origin,
-                        });
-                    }
+        ObserveFuture {
+            inner: self.inner.call(req),
+            span,
+            done: Some(ObserveDone {
+                start,
+                log,
+                conn,
+                access,
+                method,
+                state,
+                in_flight,
+            }),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`Observe`]: the inner future in the request's span, then the response
+    /// with its body tracked.
+    pub struct ObserveFuture<F> {
+        #[pin]
+        inner: F,
+        span: tracing::Span,
+        done: Option<ObserveDone>,
+    }
+}
+
+/// What [`Observe`] keeps from the request for the end of the response.
+struct ObserveDone {
+    start: Instant,
+    log: RequestLog,
+    conn: Option<ConnInfo>,
+    access: Option<AccessFields>,
+    method: http::Method,
+    state: Arc<ObserveState>,
+    in_flight: InFlightGauge,
+}
+
+impl<F, E> Future for ObserveFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, E>>,
+{
+    type Output = Result<Response<ResponseBody>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let _entered = this.span.enter();
+        let res = std::task::ready!(this.inner.poll(cx));
+        // An error drops what was kept (the in-flight gauge goes down); the error layer
+        // inside makes errors rare here.
+        let done = this.done.take();
+        Poll::Ready(match (res, done) {
+            (Ok(res), Some(done)) => Ok(done.finish(res)),
+            (res, _) => res,
+        })
+    }
+}
+
+impl ObserveDone {
+    /// The response with its body tracked: metrics and the access-log line when it ends.
+    fn finish(self, res: Response<ResponseBody>) -> Response<ResponseBody> {
+        let Self {
+            start,
+            log,
+            conn,
+            access,
+            method,
+            state,
+            in_flight,
+        } = self;
+        let ttfb = start.elapsed();
+        let status = res.status().as_u16();
+        let (parts, inner) = res.into_parts();
+        let body = TrackedBody::new(inner, move |outcome| {
+            drop(in_flight);
+            let fields = log.fields();
+            let listener = conn.as_ref().map_or("-", |c| &*c.listener);
+            let elapsed = start.elapsed();
+            state.record(
+                listener,
+                fields.route.as_ref(),
+                &method,
+                status_class(status),
+                elapsed,
+            );
+            if let Some(access) = access {
+                let request_id = access.request_id.as_ref().map(lossy);
+                let trace_id = access
+                    .traceparent
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(TraceParent::parse)
+                    .map(|t| t.trace_id);
+                let host = match access.uri.authority() {
+                    Some(a) => Some(std::borrow::Cow::Borrowed(a.as_str())),
+                    None => access.host_header.as_ref().map(lossy),
+                };
+                state.access_log_output.write(&AccessLine {
+                    request_id: request_id.as_deref().unwrap_or(""),
+                    trace_id: trace_id.as_deref(),
+                    listener,
+                    client_addr: conn.as_ref().map_or("-", ConnInfo::peer_text),
+                    method: method.as_str(),
+                    host: host.as_deref(),
+                    path: access.uri.path(),
+                    protocol: access.protocol,
+                    status,
+                    route: fields.route.as_ref().map(|r| r.name.as_str()),
+                    upstream: fields.upstream.as_ref().map(|u| u.config.name.as_str()),
+                    member: fields.member.as_ref().map(|m| m.address.as_str()),
+                    attempts: fields.attempts,
+                    bytes_sent: outcome.bytes,
+                    complete: outcome.complete,
+                    duration: elapsed,
+                    ttfb,
+                    error: fields.error.as_deref(),
+                    error_origin: fields.error_origin,
                 });
-                Ok(Response::from_parts(parts, body::boxed(body)))
             }
-            .instrument(span),
-        )
+        });
+        Response::from_parts(parts, body::boxed(body))
     }
 }
 
@@ -353,7 +443,7 @@ where
 {
     type Response = Response<ResponseBody>;
     type Error = std::convert::Infallible;
-    type Future = BoxFuture<Result<Response<ResponseBody>, std::convert::Infallible>>;
+    type Future = ErrorFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         match self.inner.poll_ready(cx) {
@@ -365,13 +455,36 @@ where
     fn call(&mut self, req: Request<B>) -> Self::Future {
         let log = req.extensions().get::<RequestLog>().cloned();
         let request_id = req.headers().get(&REQUEST_ID).cloned();
-        let fut = self.inner.call(req);
-        Box::pin(async move {
-            match fut.await {
-                Ok(res) => Ok(res),
-                Err(e) => Ok(error_response(&e, log.as_ref(), request_id.as_ref())),
-            }
-        })
+        ErrorFuture {
+            inner: self.inner.call(req),
+            log,
+            request_id,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The future of [`ErrorToResponse`].
+    pub struct ErrorFuture<F> {
+        #[pin]
+        inner: F,
+        log: Option<RequestLog>,
+        request_id: Option<HeaderValue>,
+    }
+}
+
+impl<F> Future for ErrorFuture<F>
+where
+    F: Future<Output = Result<Response<ResponseBody>, ProxyError>>,
+{
+    type Output = Result<Response<ResponseBody>, std::convert::Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(Ok(match std::task::ready!(this.inner.poll(cx)) {
+            Ok(res) => res,
+            Err(e) => error_response(&e, this.log.as_ref(), this.request_id.as_ref()),
+        }))
     }
 }
 
@@ -403,4 +516,33 @@ pub fn error_response(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_request_id_goes_upstream_and_back_marked_sensitive_on_the_response() {
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let s = Arc::clone(&seen);
+        let inner = tower::service_fn(move |req: Request<()>| {
+            *s.lock().unwrap() = req.headers().get(&REQUEST_ID).cloned();
+            async { Ok::<_, std::convert::Infallible>(Response::new(())) }
+        });
+        let mut svc = RequestIdLayer.layer(inner);
+        let mut req = Request::new(());
+        req.headers_mut()
+            .insert(REQUEST_ID.clone(), HeaderValue::from_static("abc-123"));
+        let res = svc.call(req).await.unwrap();
+        let id = &res.headers()[&REQUEST_ID];
+        assert_eq!(id, "abc-123");
+        assert!(id.is_sensitive());
+        // The upstream copy is the same id; a new one is made when the client sent none.
+        assert_eq!(seen.lock().unwrap().take().unwrap(), "abc-123");
+        let res = svc.call(Request::new(())).await.unwrap();
+        let made = seen.lock().unwrap().take().unwrap();
+        assert!(!made.is_empty());
+        assert_eq!(res.headers()[&REQUEST_ID], made);
+    }
 }

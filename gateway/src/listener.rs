@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
-use crate::body::{self, TrackedBody};
+use crate::body;
 use crate::conn::{ConnHold, ConnInfo};
 use crate::framing::FramingGuard;
 use crate::server::{ConnectionGuard, Shared};
@@ -333,7 +333,7 @@ async fn serve_http<S>(
             let (parts, inner) = res.into_parts();
             Ok::<_, std::convert::Infallible>(http::Response::from_parts(
                 parts,
-                body::boxed(TrackedBody::holding(inner, guard)),
+                body::holding(inner, guard),
             ))
         }
     });

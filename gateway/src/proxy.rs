@@ -19,13 +19,12 @@ use std::time::Instant;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tracing::Instrument;
 
 use crate::accesslog::RequestLog;
-use crate::body::{self, RequestBody, ResponseBody, TrackedBody};
+use crate::body::{self, RequestBody, ResponseBody};
 use crate::config::{HashSource, RouteAction, RouteConfig, UpstreamProtocol};
 use crate::conn::ConnInfo;
 use crate::entropy;
@@ -256,9 +255,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 /// Appends `value` to a comma-separated header (the first one of that name), or sets it.
+/// One lookup through the entry: the header is usually absent.
 fn append_value(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
-    let combined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.is_empty() => {
+    let mut entry = match headers.entry(name) {
+        header::Entry::Vacant(v) => {
+            v.insert(value);
+            return;
+        }
+        header::Entry::Occupied(o) => o,
+    };
+    let combined = match entry.get().to_str() {
+        Ok(prev) if !prev.is_empty() => {
             let mut s = String::with_capacity(prev.len() + 2 + value.len());
             s.push_str(prev);
             s.push_str(", ");
@@ -268,7 +275,8 @@ fn append_value(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
         _ => Some(value),
     };
     if let Some(v) = combined {
-        headers.insert(name, v);
+        // Replaces every value of that name (as `HeaderMap::insert` does).
+        entry.insert(v);
     }
 }
 
@@ -560,10 +568,7 @@ async fn forward(
         let (mut parts, incoming) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The member stays busy, and its connection leased, until the body has ended.
-        let body = body::boxed(TrackedBody::holding(
-            incoming.map_err(body::BoxError::from).boxed(),
-            (in_flight, lease),
-        ));
+        let body = body::holding(incoming, (in_flight, lease));
         let mut response = Response::from_parts(parts, body);
         *response.version_mut() = Version::HTTP_11;
         return Ok(response);
@@ -613,13 +618,14 @@ fn websocket_upgrade(req: &Request<Incoming>, protocol: UpstreamProtocol) -> Opt
         return None;
     }
     let headers = req.headers();
+    // `Upgrade` first: almost every request has none, and then `Connection` is not parsed.
+    let upgrade = headers.get(header::UPGRADE)?;
     let connection_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let upgrade = headers.get(header::UPGRADE)?;
     let websocket = upgrade
         .to_str()
         .ok()?
@@ -688,6 +694,23 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("content-type"));
+    }
+
+    #[test]
+    fn append_value_sets_extends_and_replaces_repeated_headers() {
+        let name = HeaderName::from_static("x-forwarded-for");
+        let mut h = HeaderMap::new();
+        append_value(&mut h, name.clone(), HeaderValue::from_static("10.0.0.1"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1");
+        // Two values: the first is extended, and the result replaces both.
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.2"));
+        append_value(&mut h, name.clone(), HeaderValue::from_static("10.0.0.3"));
+        let all: Vec<_> = h.get_all("x-forwarded-for").iter().collect();
+        assert_eq!(all, ["10.0.0.1, 10.0.0.3"]);
+        // An empty value is replaced.
+        h.insert("x-forwarded-for", HeaderValue::from_static(""));
+        append_value(&mut h, name, HeaderValue::from_static("10.0.0.4"));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.4");
     }
 
     #[test]

@@ -227,13 +227,17 @@ pub fn rewrite_prefix(path: &str, prefix: &str, replacement: &str) -> String {
 
 /// Normalises the request host: lower-case, port removed, IPv6 brackets kept.
 pub fn normalize_host(raw: &str) -> String {
-    let host = if raw.starts_with('[') {
-        raw.split_once(']').map_or(raw, |(h, _)| h).to_string() + "]"
+    // Slices of `raw` where possible: one allocation, for the lower-cased result.
+    let host: std::borrow::Cow<'_, str> = if raw.starts_with('[') {
+        match raw.find(']') {
+            Some(end) => raw.get(..=end).unwrap_or(raw).into(),
+            None => format!("{raw}]").into(),
+        }
     } else {
         raw.rsplit_once(':')
             .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
             .map_or(raw, |(h, _)| h)
-            .to_string()
+            .into()
     };
     host.trim_end_matches('.').to_ascii_lowercase()
 }

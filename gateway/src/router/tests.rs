@@ -236,6 +236,28 @@ fn rewrite_and_host_normalisation() {
     assert_eq!(normalize_host("API.Example.com:8443"), "api.example.com");
     assert_eq!(normalize_host("[::1]:80"), "[::1]");
     assert_eq!(normalize_host("example.com."), "example.com");
+    assert_eq!(normalize_host("[::1"), "[::1]");
+    assert_eq!(normalize_host("[FE80::1]:443"), "[fe80::1]");
+}
+
+/// The straightforward form of [`normalize_host`] (copies at each step).
+fn normalize_host_reference(raw: &str) -> String {
+    let host = if raw.starts_with('[') {
+        raw.split_once(']').map_or(raw, |(h, _)| h).to_string() + "]"
+    } else {
+        raw.rsplit_once(':')
+            .filter(|(_, port)| port.chars().all(|c| c.is_ascii_digit()))
+            .map_or(raw, |(h, _)| h)
+            .to_string()
+    };
+    host.trim_end_matches('.').to_ascii_lowercase()
+}
+
+proptest! {
+    #[test]
+    fn host_normalisation_matches_the_reference(raw in "\\[?[a-zA-Z0-9:.\\]\\[é-]{0,24}") {
+        prop_assert_eq!(normalize_host(&raw), normalize_host_reference(&raw));
+    }
 }
 
 fn seg() -> impl Strategy<Value = String> {

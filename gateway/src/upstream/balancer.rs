@@ -72,15 +72,18 @@ impl Balancer {
         exclude: &[usize],
         now: Instant,
     ) -> Option<usize> {
-        let available: Vec<usize> = (0..members.len())
-            .filter(|&i| members[i].available(now))
-            .collect();
-        let fresh: Vec<usize> = available
-            .iter()
-            .copied()
-            .filter(|i| !exclude.contains(i))
-            .collect();
-        let candidates = if fresh.is_empty() { available } else { fresh };
+        // The candidates on the stack for the usual handful of members (this runs for every
+        // attempt); a larger pool uses the heap.
+        let mut inline = [0usize; INLINE_CANDIDATES];
+        let mut heap = Vec::new();
+        let buf: &mut [usize] = if members.len() <= INLINE_CANDIDATES {
+            &mut inline
+        } else {
+            heap.resize(members.len(), 0);
+            &mut heap
+        };
+        let n = candidates(members, exclude, now, buf);
+        let candidates = &buf[..n];
         if candidates.is_empty() {
             return None;
         }
@@ -88,7 +91,7 @@ impl Balancer {
             Algorithm::RoundRobin => {
                 candidates[self.next.fetch_add(1, Ordering::Relaxed) % candidates.len()]
             }
-            Algorithm::WeightedRoundRobin => self.smooth_wrr(members, &candidates),
+            Algorithm::WeightedRoundRobin => self.smooth_wrr(members, candidates),
             Algorithm::LeastConnections => {
                 let start = self.next.fetch_add(1, Ordering::Relaxed);
                 let n = candidates.len();
@@ -120,7 +123,7 @@ impl Balancer {
             }
             Algorithm::ConsistentHash(_) => match hash_key {
                 None => candidates[entropy::below(candidates.len())],
-                Some(key) => self.ring_lookup(key, &candidates).unwrap_or(candidates[0]),
+                Some(key) => self.ring_lookup(key, candidates).unwrap_or(candidates[0]),
             },
         };
         Some(pick)
@@ -157,6 +160,46 @@ impl Balancer {
     }
 }
 
+/// Members picked from without an allocation (see [`Balancer::pick`]).
+const INLINE_CANDIDATES: usize = 16;
+
+/// Writes the indexes of the available members not in `exclude` to `buf` (all available
+/// members if every one of them is excluded) and returns how many. `buf` holds at least
+/// `members.len()` entries.
+fn candidates(
+    members: &[std::sync::Arc<Member>],
+    exclude: &[usize],
+    now: Instant,
+    buf: &mut [usize],
+) -> usize {
+    let mut available = 0;
+    let mut fresh = 0;
+    for (i, m) in members.iter().enumerate() {
+        if !m.available(now) {
+            continue;
+        }
+        if let Some(slot) = buf.get_mut(available) {
+            *slot = i;
+            available += 1;
+        }
+        if !exclude.contains(&i) {
+            fresh += 1;
+        }
+    }
+    if fresh == 0 || fresh == available {
+        return available;
+    }
+    // Keep the fresh ones, in order (the excluded ones move behind them).
+    let mut kept = 0;
+    for k in 0..available {
+        if !exclude.contains(&buf[k]) {
+            buf.swap(kept, k);
+            kept += 1;
+        }
+    }
+    kept
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -183,6 +226,36 @@ mod tests {
             c[b.pick(members, None, &[], now).unwrap()] += 1;
         }
         c
+    }
+
+    proptest! {
+        /// The candidates written to the buffer (on the stack or the heap) are the available
+        /// members that are not excluded, in order, or all available ones if none is left.
+        #[test]
+        fn candidates_are_the_available_fresh_members(
+            healthy in proptest::collection::vec(any::<bool>(), 0..40),
+            exclude in proptest::collection::vec(0usize..40, 0..11),
+        ) {
+            let m = pool(&vec![1; healthy.len()]);
+            for (member, ok) in m.iter().zip(&healthy) {
+                member.set_healthy(*ok);
+            }
+            let now = Instant::now();
+            let available: Vec<usize> = (0..m.len()).filter(|&i| healthy[i]).collect();
+            let fresh: Vec<usize> =
+                available.iter().copied().filter(|i| !exclude.contains(i)).collect();
+            let expected = if fresh.is_empty() { available } else { fresh };
+            let mut buf = vec![0; m.len()];
+            let n = candidates(&m, &exclude, now, &mut buf);
+            prop_assert_eq!(&buf[..n], &expected[..]);
+            // `pick` agrees for the round robin: it only ever picks a candidate.
+            let b = Balancer::new(Algorithm::RoundRobin, &m);
+            let picked = b.pick(&m, None, &exclude, now);
+            prop_assert_eq!(picked.is_some(), !expected.is_empty());
+            if let Some(p) = picked {
+                prop_assert!(expected.contains(&p));
+            }
+        }
     }
 
     #[test]
