@@ -281,13 +281,13 @@ fn decap_check(
     let inner = ip.l4;
     let ours = if ip.family == FAMILY_V4 {
         node.flags & NODE_F_V4 != 0
-            && ip.dst[0] == u64::from(u32::from_le(node_addr4(node)))
+            && ip.dst[0] == u64::from(u32::from_le(addr4_word(&node.addr4)))
             && !fragmented
             && inner + IPV4_HLEN <= ip.end
             && u8_at(ctx, inner)? >> 4 == 4
             && is_vip_addr(FAMILY_V4, v4_addr_at(ctx, inner + 16)?)
     } else {
-        let a = node_addr6(node);
+        let a = addr6_words(&node.addr6);
         node.flags & NODE_F_V6 != 0
             && ip.dst == [u64::from_le(a[0]), u64::from_le(a[1])]
             && inner + IPV6_HLEN <= ip.end
@@ -464,16 +464,18 @@ fn adjust_head(ctx: &XdpContext, delta: i32) -> Option<()> {
 // 24. Their fields are read as words through these (byte-array fields would otherwise be
 // read a byte at a time).
 
+/// The `addr4` field of a `NodeConfig` or `GatewayValue` as one raw word.
 #[inline(always)]
-fn node_addr4(n: &NodeConfig) -> u32 {
-    // SAFETY: a 4-byte field at a 4-byte-aligned offset of a live reference.
-    unsafe { core::ptr::addr_of!(n.addr4).cast::<u32>().read() }
+fn addr4_word(a: &[u8; 4]) -> u32 {
+    // SAFETY: callers pass an `addr4` field: 4 bytes at offset 4 of an 8-byte-aligned value.
+    unsafe { core::ptr::addr_of!(*a).cast::<u32>().read() }
 }
 
+/// The `addr6` field of a `NodeConfig` or `GatewayValue` as two raw words.
 #[inline(always)]
-fn node_addr6(n: &NodeConfig) -> [u64; 2] {
-    // SAFETY: a 16-byte field at an 8-byte-aligned offset of a live reference.
-    unsafe { core::ptr::addr_of!(n.addr6).cast::<[u64; 2]>().read() }
+fn addr6_words(a: &[u8; 16]) -> [u64; 2] {
+    // SAFETY: callers pass an `addr6` field: 16 bytes at offset 8 of an 8-byte-aligned value.
+    unsafe { core::ptr::addr_of!(*a).cast::<[u64; 2]>().read() }
 }
 
 /// A MAC address as its first four bytes and last two, raw.
@@ -548,7 +550,7 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
             .to_be_bytes();
         let w0 = u32::from_ne_bytes([0x45, in0[1], total[0], total[1]]);
         let w1 = u32::from_ne_bytes([0, 0, df, 0]);
-        let (src, dst) = (node_addr4(node), g_addr4(g));
+        let (src, dst) = (addr4_word(&node.addr4), addr4_word(&g.addr4));
         let c = ipv4_checksum_words([
             w0,
             w1,
@@ -586,7 +588,7 @@ fn forward(ctx: &XdpContext, gw: u32, icmp: bool, len: u64) -> Option<ExitReason
             .to_be_bytes();
         let w0 = u32::from_ne_bytes([0x60 | (in0[0] & 0x0f), in0[1], in0[2], in0[3]]);
         let w1 = u32::from_ne_bytes([payload[0], payload[1], PROTO_IPV6, OUTER_TTL]);
-        let (src, dst) = (node_addr6(node), g_addr6(g));
+        let (src, dst) = (addr6_words(&node.addr6), addr6_words(&g.addr6));
         adjust_head(ctx, -(IPV6_HLEN as i32))?;
         put_eth(ctx, g, node, eth_proto)?;
         let ip = Span::<IPV6_HLEN>::at(ctx, l3)?;
@@ -767,18 +769,6 @@ fn packet_too_big(
         (new_len - (len as i64 + (IPV6_HLEN + 8) as i64)) as i32,
     )?;
     Some(ExitReason::IcmpTooBig)
-}
-
-#[inline(always)]
-fn g_addr4(g: &GatewayValue) -> u32 {
-    // SAFETY: as `node_addr4`.
-    unsafe { core::ptr::addr_of!(g.addr4).cast::<u32>().read() }
-}
-
-#[inline(always)]
-fn g_addr6(g: &GatewayValue) -> [u64; 2] {
-    // SAFETY: as `node_addr6`.
-    unsafe { core::ptr::addr_of!(g.addr6).cast::<[u64; 2]>().read() }
 }
 
 #[inline(always)]
