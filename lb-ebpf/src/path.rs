@@ -650,10 +650,14 @@ fn put_reply_eth(ctx: &XdpContext, e: ReplyEth, tagged: bool, ethertype: u16) ->
     Some(())
 }
 
+/// Cuts the tail of an ICMP reply so that `quote` bytes of the original packet (which
+/// started at `l3` of the `len`-byte input) follow the new headers: the headers went in
+/// front with the head adjustment, so the frame shrinks by what lies beyond the quote.
 #[inline(always)]
-fn adjust_tail(ctx: &XdpContext, delta: i32) -> Option<()> {
+fn keep_quote(ctx: &XdpContext, l3: usize, quote: usize, len: u64) -> Option<()> {
+    let delta = (l3 + quote) as i64 - len as i64;
     // SAFETY: the helper checks the new tail against the frame's minimum and maximum.
-    let r = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) };
+    let r = unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta as i32) };
     if r == 0 { Some(()) } else { None }
 }
 
@@ -706,11 +710,7 @@ fn frag_needed(
     h.put(16, client);
     h.put(20, u32::from_ne_bytes([3, 4, c[0], c[1]]));
     h.put(24, icmp1);
-    let new_len = (at + quote) as i64;
-    adjust_tail(
-        ctx,
-        (new_len - (len as i64 + (IPV4_HLEN + 8) as i64)) as i32,
-    )?;
+    keep_quote(ctx, l3, quote, len)?;
     Some(ExitReason::IcmpTooBig)
 }
 
@@ -763,11 +763,7 @@ fn packet_too_big(
     h.put(32, client[1]);
     h.put(40, u32::from_ne_bytes([2, 0, c[0], c[1]]));
     h.put(44, mtu_word);
-    let new_len = (at + PTB_QUOTE) as i64;
-    adjust_tail(
-        ctx,
-        (new_len - (len as i64 + (IPV6_HLEN + 8) as i64)) as i32,
-    )?;
+    keep_quote(ctx, l3, PTB_QUOTE, len)?;
     Some(ExitReason::IcmpTooBig)
 }
 
