@@ -6,9 +6,11 @@
 //!   with `return 200 "hello world\n"` (a 12-byte body), keep-alive, no access log;
 //! - **cores**: the load generator and the upstream pinned to CPU 0 with `taskset`, the proxy
 //!   under test pinned to CPU 1 (the machine has two);
-//! - **proxies**: lb-gateway with one worker thread (`--worker-threads 1`), NGINX with
-//!   `worker_processes 1`, HAProxy with `nbthread 1`; each with the same routes (an exact-path
-//!   fixed answer, two prefix routes to the upstream, a default), forwarding headers, request
+//! - **proxies**: lb-gateway as operators install it (`cargo xtask dist`: fat LTO and
+//!   profile-guided optimisation; `LB_BENCH_NO_PGO=1` leaves PGO out) with one worker thread
+//!   (`--worker-threads 1`), NGINX with `worker_processes 1`, HAProxy with `nbthread 1`;
+//!   each with the same routes (an exact-path fixed answer, two prefix routes to the
+//!   upstream, a default), forwarding headers, request
 //!   ids generated, sent upstream and returned, metrics on (lb-gateway's Prometheus registry,
 //!   NGINX `stub_status`, HAProxy's Prometheus exporter), keep-alive to clients and to the
 //!   upstream;
@@ -168,6 +170,8 @@ pub struct Report {
     pub cases: Vec<CaseReport>,
     /// The config files used, by file name (ports and paths are those of this run).
     pub configs: std::collections::BTreeMap<String, String>,
+    /// How the lb-gateway binary was built.
+    pub gateway_build: String,
 }
 
 /// Runs the benchmark, prints the results and, with `json`, writes the [`Report`].
@@ -192,6 +196,36 @@ pub fn run(json: Option<&Path>) -> anyhow::Result<()> {
             .collect::<anyhow::Result<_>>()?,
         Err(_) => Case::ALL.to_vec(),
     };
+    check_tools()?;
+    // The binary operators install: `cargo xtask dist`'s (fat LTO and PGO);
+    // `LB_BENCH_NO_PGO=1` measures the same profile without PGO.
+    let pgo = std::env::var("LB_BENCH_NO_PGO").as_deref() != Ok("1");
+    let built = crate::dist::gateway(pgo)?;
+    let gateway_bin =
+        std::fs::canonicalize(&built.gateway).context("the lb-gateway binary was not built")?;
+
+    let bench = Bench::prepare(gateway_bin, seconds)?;
+    let report = bench.measure(&cases);
+    // The work directory is removed on success and kept (for its logs) on failure.
+    let mut report = report?;
+    report.gateway_build = if built.pgo {
+        "profile dist (fat LTO, one codegen unit) with PGO (cargo xtask dist)".to_owned()
+    } else {
+        "profile dist (fat LTO, one codegen unit), no PGO (LB_BENCH_NO_PGO=1)".to_owned()
+    };
+    if let Err(e) = fs::remove_dir_all(&bench.dir) {
+        eprintln!("cannot remove {}: {e}", bench.dir.display());
+    }
+    print!("{}", render(&report));
+    if let Some(path) = json {
+        let text = serde_json::to_string_pretty(&report)?;
+        fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn check_tools() -> anyhow::Result<()> {
     for tool in [
         "nginx", "haproxy", "wrk", "h2load", "openssl", "taskset", "timeout",
     ] {
@@ -205,26 +239,23 @@ pub fn run(json: Option<&Path>) -> anyhow::Result<()> {
             "the benchmark pins the load and the proxy to different CPUs; this machine has {cpus}"
         );
     }
-    shell::step("bench l7: building lb-gateway (release)");
-    shell::cargo(&["build", "--release", "-p", "lb-gateway"])?;
-    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".to_owned());
-    let gateway_bin = std::fs::canonicalize(Path::new(&target).join("release/lb-gateway"))
-        .context("the lb-gateway binary was not built")?;
+    Ok(())
+}
 
+/// The profile-guided build's training run (`cargo xtask dist`): the instrumented gateway at
+/// `gateway_bin` serves the benchmark's kinds of traffic for `seconds` each (HTTP/1.1, h2c,
+/// TLS 1.3, access log off and on) plus fixed answers, 404s and uploads, and leaves its
+/// profile in `profiles` when it exits.
+pub fn train(gateway_bin: PathBuf, profiles: &Path, seconds: u64) -> anyhow::Result<()> {
+    check_tools()?;
     let bench = Bench::prepare(gateway_bin, seconds)?;
-    let report = bench.measure(&cases);
-    // The work directory is removed on success and kept (for its logs) on failure.
-    let report = report?;
-    if let Err(e) = fs::remove_dir_all(&bench.dir) {
+    let result = bench.train(profiles);
+    if result.is_ok()
+        && let Err(e) = fs::remove_dir_all(&bench.dir)
+    {
         eprintln!("cannot remove {}: {e}", bench.dir.display());
     }
-    print!("{}", render(&report));
-    if let Some(path) = json {
-        let text = serde_json::to_string_pretty(&report)?;
-        fs::write(path, text + "\n").with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {}", path.display());
-    }
-    Ok(())
+    result
 }
 
 /// Ports of one proxy.
@@ -602,6 +633,17 @@ respond = {{ status = 404, body = "no route" }}
     }
 
     fn start_proxy(&self, proxy: Proxy, access_log: bool) -> anyhow::Result<Running> {
+        self.start_proxy_with(proxy, access_log, None)
+    }
+
+    /// Starts `proxy`; `profiles` (lb-gateway only) is where an instrumented binary writes
+    /// its profile.
+    fn start_proxy_with(
+        &self,
+        proxy: Proxy,
+        access_log: bool,
+        profiles: Option<&Path>,
+    ) -> anyhow::Result<Running> {
         let suffix = if access_log { "-log" } else { "" };
         let name = proxy.name();
         let r = match proxy {
@@ -611,6 +653,9 @@ respond = {{ status = 404, body = "no route" }}
                 let mut cmd = pinned(PROXY_CPU, &self.gateway_bin.display().to_string());
                 cmd.args(["run", "--worker-threads", "1", "--config"])
                     .arg(&path);
+                if let Some(dir) = profiles {
+                    cmd.env("LLVM_PROFILE_FILE", dir.join("lb-gateway-%p.profraw"));
+                }
                 Running::start(
                     name,
                     &mut cmd,
@@ -708,6 +753,62 @@ respond = {{ status = 404, body = "no route" }}
         Ok((String::from_utf8_lossy(&out.stdout).into_owned(), cpu))
     }
 
+    /// See [`train`].
+    fn train(&self, profiles: &Path) -> anyhow::Result<()> {
+        let _upstream = self.start_upstream()?;
+        let body = self.dir.join("upload.json");
+        fs::write(&body, "{\"item\":\"x\"}".repeat(256))?;
+        let body = body.display().to_string();
+        let p = self.ports(Proxy::LbGateway);
+        for access_log in [false, true] {
+            let gateway = self.start_proxy_with(Proxy::LbGateway, access_log, Some(profiles))?;
+            let cases: &[Case] = if access_log {
+                &[Case::AccessLog]
+            } else {
+                &[Case::Http1, Case::H2c, Case::Tls13]
+            };
+            for case in cases {
+                shell::step(&format!("training: {}", case.title()));
+                self.load(*case, Proxy::LbGateway, &gateway, self.seconds)?;
+            }
+            shell::step("training: fixed answers, 404s and uploads (HTTP/1.1 and h2c)");
+            let n = 2_000;
+            for line in [
+                format!("h2load --h1 -c10 -n{n} http://127.0.0.1:{}/healthz", p.http),
+                format!("h2load --h1 -c10 -n{n} http://127.0.0.1:{}/nothing", p.http),
+                format!("h2load -c10 -n{n} http://127.0.0.1:{}/nothing", p.h2c),
+                format!(
+                    "h2load --h1 -c10 -n{n} -d {body} http://127.0.0.1:{}{PATH}",
+                    p.http
+                ),
+                format!(
+                    "h2load -c10 -n{n} -d {body} http://127.0.0.1:{}{PATH}",
+                    p.h2c
+                ),
+            ] {
+                let args: Vec<&str> = line.split_whitespace().collect();
+                shell::run(
+                    Command::new("timeout")
+                        .arg((self.seconds + 30).to_string())
+                        .args(["taskset", "-c", LOAD_CPU])
+                        .args(&args)
+                        .stdout(Stdio::null()),
+                )?;
+            }
+            // The profile is written when the gateway exits (SIGTERM, graceful); a gateway
+            // that had to be killed left none.
+            let profile = profiles.join(format!("lb-gateway-{}.profraw", gateway.pid()));
+            drop(gateway);
+            if !profile.exists() {
+                bail!(
+                    "the instrumented gateway left no profile at {} (it did not exit on SIGTERM?)",
+                    profile.display()
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn measure(&self, cases: &[Case]) -> anyhow::Result<Report> {
         let _upstream = self.start_upstream()?;
         let mut reports = Vec::new();
@@ -745,6 +846,7 @@ respond = {{ status = 404, body = "no route" }}
             runs: RUNS,
             cases: reports,
             configs,
+            gateway_build: String::new(),
         })
     }
 
@@ -957,8 +1059,8 @@ fn versions() -> Vec<String> {
 fn render(report: &Report) -> String {
     let mut s = String::new();
     s.push_str(&format!(
-        "\nbench l7: {} ({} runs of {} s per case and proxy, medians)\n",
-        report.machine, report.runs, report.seconds_per_run
+        "\nbench l7: {} ({} runs of {} s per case and proxy, medians)\nlb-gateway build: {}\n",
+        report.machine, report.runs, report.seconds_per_run, report.gateway_build
     ));
     for c in &report.cases {
         s.push_str(&format!("\n{}\n  command: {}\n", c.title, c.command));

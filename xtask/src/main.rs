@@ -12,6 +12,7 @@ mod bench;
 mod bench_failover;
 mod bench_l7;
 mod bench_maglev;
+mod dist;
 mod setup;
 mod shell;
 
@@ -51,6 +52,14 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
     },
+    /// Build the binaries operators install, optimised (fat LTO; lb-gateway also
+    /// profile-guided after a short training run on 127.0.0.1), into `target/dist/bin/`.
+    /// Needs `cargo xtask setup` first.
+    Dist {
+        /// Build lb-gateway without profile-guided optimisation (no training run).
+        #[arg(long)]
+        no_pgo: bool,
+    },
     /// Benchmarks (never part of the test suite); results go in BENCHMARKS.md.
     Bench {
         #[command(subcommand)]
@@ -87,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             lab(&args.iter().map(String::as_str).collect::<Vec<_>>())
         }
+        Command::Dist { no_pgo } => dist::run(!no_pgo),
         Command::Bench { which } => bench::run(which),
     }
 }
