@@ -34,8 +34,8 @@ pub const VIP_TABLE_SLOTS: u32 = 1024;
 pub const VIP_PROBES: u32 = 4;
 /// State of a [`VipSlot`] whose entry is live.
 pub const VIP_SLOT_USED: u32 = 1;
-/// Size the program is compiled with for the connection table; the loader sets the real
-/// size at load time.
+/// Size the program is compiled with for each connection table (`FLOWS4` and `FLOWS6`);
+/// the loader sets the real size at load time, the same for both.
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
 /// A ring slot or flow entry that names no gateway.
 pub const NO_GATEWAY: u32 = u32::MAX;
@@ -65,8 +65,11 @@ pub mod map_names {
     pub const GATEWAYS: &str = "GATEWAYS";
     /// `Array<NodeConfig>[1]`: this node's addresses and MAC.
     pub const NODE: &str = "NODE";
-    /// `LruHashMap<FlowKey, FlowValue>`: the connection table.
-    pub const FLOWS: &str = "FLOWS";
+    /// `LruHashMap<FlowKey4, FlowValue>`: the connection table of IPv4 flows (a 16-byte
+    /// key: the kernel hashes and compares fewer bytes than [`super::FlowKey`]'s 40).
+    pub const FLOWS4: &str = "FLOWS4";
+    /// `LruHashMap<FlowKey, FlowValue>`: the connection table of IPv6 flows.
+    pub const FLOWS6: &str = "FLOWS6";
     /// `PerCpuArray<StatCounter>[ExitReason::COUNT]`.
     pub const EXIT_STATS: &str = "EXIT_STATS";
     /// `PerCpuArray<VipStats>[MAX_VIPS]`.
@@ -213,7 +216,9 @@ pub struct NodeConfig {
     pub mtu: u16,
 }
 
-/// Key of the connection table, as the client sent the packet (client -> VIP).
+/// A flow's 5-tuple as the client sent the packet (client -> VIP), of either family: the
+/// input of [`flow_hash`], and the key of the IPv6 connection table (`FLOWS6`). IPv4 flows
+/// are kept in `FLOWS4` under the compact [`FlowKey4`] of the same 5-tuple.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -258,7 +263,49 @@ impl FlowKey {
     }
 }
 
-/// Value of the connection table.
+/// Key of the IPv4 connection table (`FLOWS4`): the whole IPv4 5-tuple as the client sent
+/// the packet, in 16 bytes (two words). It holds everything a [`FlowKey`] of family
+/// [`FAMILY_V4`] holds (the family is implied by the table), so two flows share a key only
+/// when they share the 5-tuple.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey4 {
+    pub src: [u8; 4],
+    pub dst: [u8; 4],
+    pub sport: [u8; 2],
+    pub dport: [u8; 2],
+    pub proto: u8,
+    pub _pad: [u8; 3],
+}
+
+impl FlowKey4 {
+    /// The IPv4 key of `key` (a [`FlowKey`] of family [`FAMILY_V4`]: its addresses in the
+    /// first 4 bytes of their fields), built from its words.
+    #[inline(always)]
+    pub fn of(key: &FlowKey) -> FlowKey4 {
+        let w = key.words();
+        let k = [(w[0] & 0xffff_ffff) | (w[2] << 32), w[4] & 0xff_ffff_ffff].map(u64::to_le);
+        // SAFETY: `FlowKey4` is `repr(C)`, 16 bytes of byte arrays and bytes with no
+        // implicit padding (`layouts_have_no_implicit_padding`); `transmute` checks sizes.
+        unsafe { core::mem::transmute::<[u64; 2], FlowKey4>(k) }
+    }
+
+    /// The [`FlowKey`] of the same 5-tuple (family [`FAMILY_V4`]).
+    pub fn flow_key(&self) -> FlowKey {
+        FlowKey {
+            src: v4_field(self.src),
+            dst: v4_field(self.dst),
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        }
+    }
+}
+
+/// Value of both connection tables: the gateway id, 4 bytes (the kernel rounds a hash
+/// map's value up to 8 bytes, so nothing smaller would save memory).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowValue {
@@ -312,6 +359,7 @@ mod pod {
     unsafe impl aya::Pod for super::GatewayValue {}
     unsafe impl aya::Pod for super::NodeConfig {}
     unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::VipStats {}
 }
@@ -528,6 +576,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<GatewayValue>(), 32);
         assert_eq!(core::mem::size_of::<NodeConfig>(), 32);
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
+        assert_eq!(core::mem::size_of::<FlowKey4>(), 16);
         assert_eq!(core::mem::size_of::<FlowValue>(), 4);
         assert_eq!(core::mem::size_of::<VipStats>(), 24);
     }
@@ -601,6 +650,59 @@ mod tests {
             vip_slot_hash(&vk),
             vip_slot_hash_words(addr_words(&vk.addr), vip_tail(raw16([0, 80]), 6, 4))
         );
+    }
+
+    #[test]
+    fn flow_key4_holds_the_ipv4_5_tuple() {
+        let key = FlowKey {
+            src: v4_field([192, 0, 2, 50]),
+            dst: v4_field([10, 0, 0, 100]),
+            sport: [0x9c, 0x40],
+            dport: [0, 80],
+            proto: PROTO_TCP,
+            family: FAMILY_V4,
+            _pad: [0; 2],
+        };
+        let k4 = FlowKey4::of(&key);
+        assert_eq!(
+            k4,
+            FlowKey4 {
+                src: [192, 0, 2, 50],
+                dst: [10, 0, 0, 100],
+                sport: [0x9c, 0x40],
+                dport: [0, 80],
+                proto: PROTO_TCP,
+                _pad: [0; 3],
+            }
+        );
+        assert_eq!(k4.flow_key(), key);
+        // Every field is in the key: keys differ when any part of the 5-tuple does.
+        let variants = [
+            FlowKey {
+                src: v4_field([192, 0, 2, 51]),
+                ..key
+            },
+            FlowKey {
+                dst: v4_field([10, 0, 0, 101]),
+                ..key
+            },
+            FlowKey {
+                sport: [0x9c, 0x41],
+                ..key
+            },
+            FlowKey {
+                dport: [0, 81],
+                ..key
+            },
+            FlowKey {
+                proto: PROTO_UDP,
+                ..key
+            },
+        ];
+        for v in variants {
+            assert_ne!(FlowKey4::of(&v), k4, "{v:?}");
+            assert_eq!(FlowKey4::of(&v).flow_key(), v);
+        }
     }
 
     #[test]

@@ -37,11 +37,14 @@
 //!    to the IP payload): malformed. Otherwise the (destination, port, protocol) is looked up
 //!    in `VIPS`; no entry: `pass_not_vip`. Other protocols: `pass_not_vip`.
 //! 7. **Flow.** Per-VIP counters count the packet. Unless the VIP has
-//!    [`VIP_F_NO_CONNTRACK`] or the packet is a TCP SYN without ACK, the connection table is
-//!    consulted; a hit whose gateway is still `VALID` keeps that gateway. Otherwise the
-//!    gateway is `ring[flow_hash % RING_SIZE]` of the VIP's active ring copy; it must be
-//!    a `VALID` gateway (else `drop_no_gateway`); the VIP's `new_flows` counts it and the
-//!    flow is recorded (unless `NO_CONNTRACK`).
+//!    [`VIP_F_NO_CONNTRACK`] or the packet is a TCP SYN without ACK, the connection table of
+//!    the packet's family is consulted (IPv4: `FLOWS4`, keyed by the [`FlowKey4`] of the
+//!    5-tuple; IPv6: `FLOWS6`, keyed by the [`FlowKey`]); a hit whose gateway is still
+//!    `VALID` keeps that gateway. Otherwise the gateway is `ring[flow_hash % RING_SIZE]`
+//!    of the VIP's active ring copy ([`flow_hash`] of the [`FlowKey`], either family); it
+//!    must be a `VALID` gateway (else `drop_no_gateway`); the VIP's `new_flows` counts it
+//!    and the flow is recorded in its family's table (unless `NO_CONNTRACK`), replacing
+//!    any entry of the same key (a SYN of a reused 5-tuple re-picks its gateway).
 //! 8. **Forward.** A `LOCAL` gateway: `local` (passed untouched). Otherwise the packet is encapsulated ([`outer_ipv4`] /
 //!    [`outer_ipv6`]) behind a new Ethernet header (destination = the gateway's next-hop
 //!    MAC, source = this node's MAC, the input's VLAN tag kept) and transmitted: `tx`.
@@ -68,12 +71,12 @@ use std::collections::HashMap;
 use crate::{
     ExitReason, StatCounter,
     datapath::{
-        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowValue,
-        GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU,
-        MAX_GATEWAYS, MAX_VIPS, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL,
-        PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE,
-        RING_SIZE, VIP_F_NO_CONNTRACK, VipKey, VipStats, VipValue, checksum_fold, flow_hash,
-        is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
+        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4,
+        FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN,
+        IPV6_MIN_MTU, MAX_GATEWAYS, MAX_VIPS, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig,
+        OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
+        PTB_QUOTE, RING_SIZE, VIP_F_NO_CONNTRACK, VipKey, VipStats, VipValue, checksum_fold,
+        flow_hash, is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
     },
 };
 
@@ -99,8 +102,11 @@ pub struct Model {
     pub rings: HashMap<u32, u32>,
     /// `GATEWAYS`, `MAX_GATEWAYS` entries.
     pub gateways: Vec<GatewayValue>,
-    /// `FLOWS` (the model never evicts; tests keep the flow count below the LRU's size).
-    pub flows: HashMap<FlowKey, FlowValue>,
+    /// `FLOWS4`, the IPv4 connection table (the model never evicts; tests keep the flow
+    /// count below the LRU's size).
+    pub flows4: HashMap<FlowKey4, FlowValue>,
+    /// `FLOWS6`, the IPv6 connection table (keys of family [`FAMILY_V6`]).
+    pub flows6: HashMap<FlowKey, FlowValue>,
     pub exit_stats: [StatCounter; ExitReason::COUNT as usize],
     pub vip_stats: Vec<VipStats>,
     pub gateway_stats: Vec<StatCounter>,
@@ -114,7 +120,8 @@ impl Default for Model {
             ring_select: vec![0; MAX_VIPS as usize],
             rings: HashMap::new(),
             gateways: vec![GatewayValue::default(); MAX_GATEWAYS as usize],
-            flows: HashMap::new(),
+            flows4: HashMap::new(),
+            flows6: HashMap::new(),
             exit_stats: [StatCounter::default(); ExitReason::COUNT as usize],
             vip_stats: vec![VipStats::default(); MAX_VIPS as usize],
             gateway_stats: vec![StatCounter::default(); MAX_GATEWAYS as usize],
@@ -429,10 +436,33 @@ impl Model {
         Step::Forward { gw, icmp: true }
     }
 
+    /// The entry of `key`'s flow in the connection table of its family.
+    pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
+        if key.family == FAMILY_V4 {
+            self.flows4.get(&FlowKey4::of(key)).copied()
+        } else {
+            self.flows6.get(key).copied()
+        }
+    }
+
+    /// Records `key`'s flow in the connection table of its family (replacing any entry).
+    fn record_flow(&mut self, key: &FlowKey, value: FlowValue) {
+        if key.family == FAMILY_V4 {
+            self.flows4.insert(FlowKey4::of(key), value);
+        } else {
+            self.flows6.insert(*key, value);
+        }
+    }
+
+    /// Flows in both connection tables.
+    pub fn flow_count(&self) -> usize {
+        self.flows4.len() + self.flows6.len()
+    }
+
     /// The connection table's gateway for `key` while that gateway is still `VALID`,
     /// else [`NO_GATEWAY`].
     fn lookup_flow(&self, key: &FlowKey) -> u32 {
-        match self.flows.get(key) {
+        match self.flow(key) {
             Some(v) if self.gateway_valid(v.gateway) => v.gateway,
             _ => NO_GATEWAY,
         }
@@ -513,7 +543,7 @@ impl Model {
                 s.new_flows += 1;
             }
             if conntrack {
-                self.flows.insert(key, FlowValue { gateway: gw });
+                self.record_flow(&key, FlowValue { gateway: gw });
             }
         }
         Step::Forward { gw, icmp: false }

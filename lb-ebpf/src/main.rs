@@ -17,8 +17,11 @@ mod path;
 mod programs {
     use aya_ebpf::{macros::xdp, programs::XdpContext};
 
-    /// The load-balancing data path.
+    /// The load-balancing data path. `#[inline(always)]`: the `#[xdp]` macro wraps this
+    /// function in the entry point, and without it the body stayed a BPF-to-BPF call
+    /// (one more return through this kernel's SRSO thunk on every packet).
     #[xdp]
+    #[inline(always)]
     pub fn lb_xdp(ctx: XdpContext) -> u32 {
         crate::path::run(&ctx)
     }

@@ -7,8 +7,8 @@ use aya_ebpf::{
 use lb_common::{
     ExitReason, StatCounter,
     datapath::{
-        DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS,
-        NodeConfig, RING_SIZE, VIP_FILTER_BITS, VIP_TABLE_SLOTS, VipSlot, VipStats,
+        DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowKey4, FlowValue, GatewayValue, MAX_GATEWAYS,
+        MAX_VIPS, NodeConfig, RING_SIZE, VIP_FILTER_BITS, VIP_TABLE_SLOTS, VipSlot, VipStats,
     },
 };
 
@@ -41,9 +41,14 @@ pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
 /// list holds `max_entries / CPUs` flows.
 const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
 
-/// The connection table. Its size is set by the loader.
-#[map(name = "FLOWS")]
-pub static FLOWS: LruHashMap<FlowKey, FlowValue> =
+/// The connection table of IPv4 flows, with the 16-byte key. Its size is set by the loader.
+#[map(name = "FLOWS4")]
+pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
+    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+
+/// The connection table of IPv6 flows. Its size is set by the loader.
+#[map(name = "FLOWS6")]
+pub static FLOWS6: LruHashMap<FlowKey, FlowValue> =
     LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
 
 /// One counter per [`ExitReason`]; every exit path bumps exactly one.

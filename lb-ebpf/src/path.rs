@@ -13,18 +13,18 @@ use lb_common::{
     ExitReason,
     datapath::{
         AddrWords, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey,
-        FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN,
-        IPV6_MIN_MTU, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP,
-        PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, VIP_F_NO_CONNTRACK,
-        VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold, flow_hash,
-        ipv4_checksum_words, is_ipv6_extension, ring_index, v4_words, vip_filter_bit_words,
-        vip_slot_hash_words, vip_tail,
+        FlowKey4, FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN,
+        IPV6_HLEN, IPV6_MIN_MTU, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL,
+        PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE,
+        VIP_F_NO_CONNTRACK, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold,
+        flow_hash, ipv4_checksum_words, is_ipv6_extension, ring_index, v4_words,
+        vip_filter_bit_words, vip_slot_hash_words, vip_tail,
     },
 };
 
 use crate::{
     maps::{
-        EXIT_STATS, FLOWS, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_FILTER,
+        EXIT_STATS, FLOWS4, FLOWS6, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_FILTER,
         VIP_STATS, VIPS,
     },
     packet::{Span, be16_at, raw16, raw32, u8_at, v4_addr_at, v6_addr_at},
@@ -318,14 +318,39 @@ fn ring_pick(vip: &VipValue, key: &FlowKey) -> u32 {
     }
 }
 
+/// The connection table's gateway for `key` while it is `VALID`, else [`NO_GATEWAY`]:
+/// `FLOWS4` under the compact key for IPv4, `FLOWS6` for IPv6. `family` is the `Ip`'s,
+/// a constant in each family's inlined path, so each call site names one map (a site
+/// reached with either map would make the verifier fall back to the generic helper).
 #[inline(always)]
-fn lookup_flow(key: &FlowKey) -> u32 {
+fn lookup_flow(family: u8, key: &FlowKey) -> u32 {
     // SAFETY: the value is copied out at once; a concurrent update can at worst give a
     // stale gateway id, which is then checked like any other.
-    match unsafe { FLOWS.get(key) } {
+    let v = unsafe {
+        if family == FAMILY_V4 {
+            FLOWS4.get(FlowKey4::of(key))
+        } else {
+            FLOWS6.get(key)
+        }
+    };
+    match v {
         Some(v) if gateway_valid(v.gateway) => v.gateway,
         _ => NO_GATEWAY,
     }
+}
+
+/// Records `key`'s flow in its family's table, replacing any entry (`BPF_ANY`: a SYN of a
+/// reused 5-tuple re-picks its gateway, as the model says). A failed insert only costs the
+/// flow its pinning: the ring gives the same gateway while it is unchanged.
+#[inline(always)]
+fn record_flow(family: u8, key: &FlowKey, gw: u32) {
+    let value = FlowValue { gateway: gw };
+    let r = if family == FAMILY_V4 {
+        FLOWS4.insert(FlowKey4::of(key), value, 0)
+    } else {
+        FLOWS6.insert(key, value, 0)
+    };
+    if r.is_err() {}
 }
 
 #[inline(always)]
@@ -372,7 +397,7 @@ fn icmp(ctx: &XdpContext, ip: &Ip) -> Option<Step> {
     let key = FlowKey::from_words(qdst, qsrc, qdport, qsport, qproto, ip.family);
     let mut gw = NO_GATEWAY;
     if vip.flags & VIP_F_NO_CONNTRACK == 0 {
-        gw = lookup_flow(&key);
+        gw = lookup_flow(ip.family, &key);
     }
     if gw == NO_GATEWAY {
         gw = ring_pick(&vip, &key);
@@ -423,7 +448,7 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8, len: u64) -> Option<Step> {
     let conntrack = vip.flags & VIP_F_NO_CONNTRACK == 0;
     let mut gw = NO_GATEWAY;
     if conntrack && !syn {
-        gw = lookup_flow(&key);
+        gw = lookup_flow(ip.family, &key);
     }
     if gw == NO_GATEWAY {
         gw = ring_pick(&vip, &key);
@@ -434,9 +459,9 @@ fn transport(ctx: &XdpContext, ip: &Ip, proto: u8, len: u64) -> Option<Step> {
             // SAFETY: as above.
             unsafe { (*s).new_flows += 1 };
         }
-        // A failed insert only costs the flow its pinning: the ring gives the same
-        // gateway while it is unchanged. Nothing else to do about it here.
-        if conntrack && FLOWS.insert(key, FlowValue { gateway: gw }, 0).is_err() {}
+        if conntrack {
+            record_flow(ip.family, &key, gw);
+        }
     }
     Some(Step::Forward { gw, icmp: false })
 }

@@ -27,7 +27,7 @@ use aya::{
 use lb_common::{
     ExitReason, StatCounter,
     datapath::{
-        FlowKey, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_SIZE,
+        FlowKey, FlowKey4, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_SIZE,
         VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey, VipSlot, VipStats, VipValue, map_names,
         vip_filter_bit, vip_slot_hash,
     },
@@ -169,7 +169,11 @@ impl ExitStats {
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Entries of the LRU connection table (about 100 bytes of kernel memory each).
+    /// Entries of each of the two LRU connection tables, `FLOWS4` and `FLOWS6`: the data
+    /// path keeps up to this many IPv4 flows and, separately, as many IPv6 flows. Kernel
+    /// memory, allocated at load: about 90 bytes per IPv4 entry and 110 per IPv6 entry,
+    /// hash buckets included (about 200 bytes per unit of this size; see
+    /// docs/datapath.md).
     pub flow_table_size: u32,
 }
 
@@ -219,7 +223,8 @@ impl Dataplane {
     /// Loads [`LB_XDP_OBJECT`] with the given sizes.
     pub fn load_with(opts: &LoadOptions) -> Result<Self> {
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::FLOWS, opts.flow_table_size)
+            .map_max_entries(map_names::FLOWS4, opts.flow_table_size)
+            .map_max_entries(map_names::FLOWS6, opts.flow_table_size)
             .load(LB_XDP_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         xdp_program(&mut ebpf, LB_PROGRAM)?
@@ -454,9 +459,31 @@ impl Dataplane {
             .collect()
     }
 
-    /// The connection table's entries (walks the whole table: for tests and diagnostics).
+    /// The entries of both connection tables, IPv4 flows as [`FlowKey`]s of family 4
+    /// (walks both tables: for tests and diagnostics).
     pub fn flows(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
-        let name = map_names::FLOWS;
+        let mut all: Vec<_> = self
+            .flows4()?
+            .into_iter()
+            .map(|(k, v)| (k.flow_key(), v))
+            .collect();
+        all.extend(self.flows6()?);
+        Ok(all)
+    }
+
+    /// The entries of the IPv4 connection table, `FLOWS4`, by their compact keys.
+    pub fn flows4(&self) -> Result<Vec<(FlowKey4, FlowValue)>> {
+        let name = map_names::FLOWS4;
+        let m = BpfHashMap::<_, FlowKey4, FlowValue>::try_from(self.map(name)?)
+            .map_err(map_err(name))?;
+        m.iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(name))
+    }
+
+    /// The entries of the IPv6 connection table, `FLOWS6`.
+    pub fn flows6(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
+        let name = map_names::FLOWS6;
         let m = BpfHashMap::<_, FlowKey, FlowValue>::try_from(self.map(name)?)
             .map_err(map_err(name))?;
         m.iter()

@@ -4,15 +4,19 @@
 //! [`Model`], and applies every map write to both, so a frame can be run through the two
 //! and the results compared. [`standard`] installs the map contents the fixture and
 //! differential tests and the benchmark share.
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use anyhow::{Context as _, bail};
 use lb_common::{
     ExitReason,
     datapath::{
-        FAMILY_V4, FAMILY_V6, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, MAX_GATEWAYS,
-        MAX_VIPS, NODE_F_V4, NODE_F_V6, NodeConfig, PROTO_TCP, PROTO_UDP, RING_SIZE, VIP_F_ADDRESS,
-        VIP_F_HASH_SRC_ADDR, VIP_F_NO_CONNTRACK, VipKey, VipValue, v4_field,
+        FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4, FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6,
+        GW_F_VALID, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NODE_F_V4, NODE_F_V6, NodeConfig,
+        PROTO_TCP, PROTO_UDP, RING_SIZE, VIP_F_ADDRESS, VIP_F_HASH_SRC_ADDR, VIP_F_NO_CONNTRACK,
+        VipKey, VipValue, v4_field,
     },
     maglev::{self, MaglevBackend},
     model::{Model, Outcome},
@@ -79,6 +83,34 @@ impl Harness {
         Ok((got, want))
     }
 
+    /// Compares both connection tables of the program with the model's, entry for entry:
+    /// `FLOWS4` (compact IPv4 keys) and `FLOWS6`. Only while no table has evicted
+    /// anything (the model never evicts): fewer flows than a CPU's share of the table.
+    pub fn check_flows(&self) -> anyhow::Result<()> {
+        let got4: HashMap<FlowKey4, FlowValue> = self.dp.flows4()?.into_iter().collect();
+        if got4 != self.model.flows4 {
+            bail!(
+                "IPv4 connection table: program {} entries, model {}; first differences: {:?}",
+                got4.len(),
+                self.model.flows4.len(),
+                first_differences(&got4, &self.model.flows4)
+            );
+        }
+        let got6: HashMap<FlowKey, FlowValue> = self.dp.flows6()?.into_iter().collect();
+        if got6 != self.model.flows6 {
+            bail!(
+                "IPv6 connection table: program {} entries, model {}; first differences: {:?}",
+                got6.len(),
+                self.model.flows6.len(),
+                first_differences(&got6, &self.model.flows6)
+            );
+        }
+        if let Some((k, _)) = got6.iter().find(|(k, _)| k.family != FAMILY_V6) {
+            bail!("IPv6 connection table holds a key of family {}", k.family);
+        }
+        Ok(())
+    }
+
     /// Compares every counter of the program with the model's.
     pub fn check_counters(&self) -> anyhow::Result<()> {
         let exits = self.dp.exit_stats()?;
@@ -108,6 +140,19 @@ impl Harness {
         }
         Ok(())
     }
+}
+
+/// Up to five keys whose entries differ between `a` and `b` (program, model).
+fn first_differences<K: Eq + std::hash::Hash + Copy, V: PartialEq + Copy>(
+    a: &HashMap<K, V>,
+    b: &HashMap<K, V>,
+) -> Vec<(K, Option<V>, Option<V>)> {
+    a.keys()
+        .chain(b.keys())
+        .filter(|k| a.get(k) != b.get(k))
+        .take(5)
+        .map(|k| (*k, a.get(k).copied(), b.get(k).copied()))
+        .collect()
 }
 
 /// A Maglev ring over gateways `ids` (equal weights, named `gw{id}`).

@@ -1,8 +1,8 @@
 //! Differential test: at least 100,000 random and mutated frames through the real XDP
 //! program (BPF_PROG_TEST_RUN) and through the reference model (`lb_common::model`), over
 //! the standard map contents, with ring changes, gateway removals and node MTUs along the way.
-//! Verdicts and output bytes must match exactly for every frame, and every counter at the
-//! end. Frames: IPv4/IPv6, VLAN, options, TCP/UDP/ICMP/other protocols, fragments,
+//! Verdicts and output bytes must match exactly for every frame, and every counter and
+//! both connection tables at the end. Frames: IPv4/IPv6, VLAN, options, TCP/UDP/ICMP/other protocols, fragments,
 //! extension headers, ICMP errors quoting VIP flows, encapsulated packets, non-VIP
 //! traffic, then mutations (truncation, wrong lengths, odd IHL and data offsets, flipped
 //! bytes, padding). The seed is printed; `LB_DIFF_SEED=N` replays a run. Needs root.
@@ -344,6 +344,14 @@ fn program_and_model_agree_on_random_and_mutated_frames() {
         *by_reason.entry(want.reason.name()).or_default() += 1;
     }
     h.check_counters().unwrap();
+    // Both connection tables, entry for entry (IPv4 under the compact key).
+    h.check_flows().unwrap();
+    let (flows4, flows6) = (h.model.flows4.len(), h.model.flows6.len());
+    eprintln!("connection tables: {flows4} IPv4 flows, {flows6} IPv6 flows");
+    assert!(
+        flows4 >= 100 && flows6 >= 100,
+        "both tables exercised: {flows4} IPv4, {flows6} IPv6 flows"
+    );
     eprintln!("{FRAMES} frames ({mutated} mutated), by exit reason: {by_reason:?}");
     // The generator reaches every path but `aborted`.
     for reason in lb_common::ExitReason::ALL {

@@ -11,7 +11,7 @@ use std::net::{Ipv4Addr, Ipv6Addr};
 
 use lb_common::{
     ExitReason,
-    datapath::{FlowKey, GatewayValue, RING_SIZE, v4_field},
+    datapath::{FlowKey, FlowKey4, GatewayValue, RING_SIZE, v4_field},
 };
 use lb_tests::{
     frames::{self, TCP_ACK, TCP_PSH, TCP_SYN, V4, ethernet, ethernet_macs, icmp, ipv6, tcp, udp},
@@ -551,6 +551,7 @@ fn fixture_table() {
         check(&mut h, c);
     }
     h.check_counters().unwrap();
+    h.check_flows().unwrap();
     // The transmitted frames are valid to an independent parser (etherparse).
     for c in cases.iter().filter(|c| matches!(c.out, Out::Frame(_))) {
         let (got, _) = h.run(&c.input).unwrap();
@@ -578,16 +579,14 @@ fn gateway_of(h: &mut Harness, frame: &[u8]) -> Option<u32> {
     (1..=3).find(|id| got.frame[..6] == gw_mac(*id))
 }
 
-#[test]
-fn flows_keep_their_gateway_when_the_ring_changes() {
-    if !require_root("flows_keep_their_gateway_when_the_ring_changes") {
-        return;
-    }
+/// Opens 200 flows to service `vip_id` (split over gateways 1 and 2) with `frame(port,
+/// flags)`, drains gateway 1 from the ring, and checks that established flows keep their
+/// gateway while new flows and SYNs of old ones follow the ring.
+fn pinning_across_a_ring_change(vip_id: u32, frame: impl Fn(u16, u8) -> Vec<u8>) {
     let mut h = harness();
-    // Service 5 splits over gateways 1 and 2. Open 200 flows and note their gateways.
     let mut pinned = Vec::new();
     for port in 20000..20200u16 {
-        let gw = gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_SYN)).unwrap();
+        let gw = gateway_of(&mut h, &frame(port, TCP_SYN)).unwrap();
         pinned.push((port, gw));
     }
     let on1 = pinned.iter().filter(|(_, g)| *g == GW1).count();
@@ -596,13 +595,9 @@ fn flows_keep_their_gateway_when_the_ring_changes() {
         "both gateways get flows: {on1} of 200 on gateway 1"
     );
     // Drain gateway 1: the ring now holds only gateway 2.
-    h.write_ring(5, &ring_of(&[GW2]).unwrap()).unwrap();
+    h.write_ring(vip_id, &ring_of(&[GW2]).unwrap()).unwrap();
     for (port, gw) in &pinned {
-        let now = gateway_of(
-            &mut h,
-            &frames::tcp4(CLIENT4, *port, VIP_SPLIT, 80, TCP_ACK),
-        )
-        .unwrap();
+        let now = gateway_of(&mut h, &frame(*port, TCP_ACK)).unwrap();
         assert_eq!(
             now, *gw,
             "established flow from port {port} kept its gateway"
@@ -610,19 +605,41 @@ fn flows_keep_their_gateway_when_the_ring_changes() {
     }
     // New flows, and a SYN of an old flow (a new connection on a reused port), follow the ring.
     for port in 30000..30100u16 {
-        let gw = gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_SYN)).unwrap();
+        let gw = gateway_of(&mut h, &frame(port, TCP_SYN)).unwrap();
         assert_eq!(gw, GW2);
     }
     let (port, _) = pinned.iter().find(|(_, g)| *g == GW1).unwrap();
-    let gw = gateway_of(
-        &mut h,
-        &frames::tcp4(CLIENT4, *port, VIP_SPLIT, 80, TCP_SYN),
-    )
-    .unwrap();
+    let gw = gateway_of(&mut h, &frame(*port, TCP_SYN)).unwrap();
     assert_eq!(gw, GW2, "a SYN re-hashes");
+    // ... and its entry now names gateway 2 in both.
+    let gw_after = gateway_of(&mut h, &frame(*port, TCP_ACK)).unwrap();
+    assert_eq!(gw_after, GW2, "the SYN replaced the entry");
     // The ring the kernel uses is the one written.
-    assert_eq!(h.dp.active_ring(5).unwrap(), ring_of(&[GW2]).unwrap());
+    assert_eq!(h.dp.active_ring(vip_id).unwrap(), ring_of(&[GW2]).unwrap());
     h.check_counters().unwrap();
+    h.check_flows().unwrap();
+}
+
+#[test]
+fn flows_keep_their_gateway_when_the_ring_changes() {
+    if !require_root("flows_keep_their_gateway_when_the_ring_changes") {
+        return;
+    }
+    // Service 5 (IPv4, the `FLOWS4` table).
+    pinning_across_a_ring_change(5, |port, flags| {
+        frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, flags)
+    });
+}
+
+#[test]
+fn ipv6_flows_keep_their_gateway_when_the_ring_changes() {
+    if !require_root("ipv6_flows_keep_their_gateway_when_the_ring_changes") {
+        return;
+    }
+    // Service 8 (IPv6, the `FLOWS6` table).
+    pinning_across_a_ring_change(8, |port, flags| {
+        frames::tcp6(CLIENT6, port, VIP6, 8080, flags)
+    });
 }
 
 #[test]
@@ -650,6 +667,7 @@ fn flows_of_a_removed_gateway_are_rehashed() {
         );
     }
     h.check_counters().unwrap();
+    h.check_flows().unwrap();
 }
 
 #[test]
@@ -689,18 +707,23 @@ fn stateless_and_source_hashed_services() {
     }
     assert_eq!(seen.len(), 2, "clients spread over both gateways");
     h.check_counters().unwrap();
+    h.check_flows().unwrap();
 }
 
 #[test]
-fn connection_table_records_the_client_flow() {
-    if !require_root("connection_table_records_the_client_flow") {
+fn connection_tables_record_the_client_flow_by_family() {
+    if !require_root("connection_tables_record_the_client_flow_by_family") {
         return;
     }
     let mut h = harness();
     h.run(&frames::tcp6(CLIENT6, 45000, VIP6, 8080, TCP_SYN))
         .unwrap();
-    let flows = h.dp.flows().unwrap();
-    let want = FlowKey {
+    h.run(&frames::tcp4(CLIENT4, 45000, VIP_SPLIT, 80, TCP_SYN))
+        .unwrap();
+    // UDP to service 2 (this node's ring) is recorded too.
+    let ip = V4::new(CLIENT4, VIP_A, 17).packet(&udp(5353, 53, b"query"));
+    h.run(&ethernet(None, 0x0800, &ip)).unwrap();
+    let want6 = FlowKey {
         src: CLIENT6.octets(),
         dst: VIP6.octets(),
         sport: 45000u16.to_be_bytes(),
@@ -709,12 +732,83 @@ fn connection_table_records_the_client_flow() {
         family: 6,
         _pad: [0; 2],
     };
-    let (_, v) = flows
-        .iter()
-        .find(|(k, _)| *k == want)
-        .expect("flow recorded");
-    assert_eq!(Some(v), h.model.flows.get(&want));
+    let want4 = FlowKey4 {
+        src: CLIENT4.octets(),
+        dst: VIP_SPLIT.octets(),
+        sport: 45000u16.to_be_bytes(),
+        dport: 80u16.to_be_bytes(),
+        proto: 6,
+        _pad: [0; 3],
+    };
+    let want4_udp = FlowKey4 {
+        src: CLIENT4.octets(),
+        dst: VIP_A.octets(),
+        sport: 5353u16.to_be_bytes(),
+        dport: 53u16.to_be_bytes(),
+        proto: 17,
+        _pad: [0; 3],
+    };
+    // Each family in its own table: IPv6 under the 40-byte key, IPv4 under the 16-byte one.
+    let flows6 = h.dp.flows6().unwrap();
+    assert_eq!(flows6.len(), 1, "{flows6:?}");
+    assert_eq!(flows6[0].0, want6);
+    assert_eq!(Some(flows6[0].1), h.model.flow(&want6));
+    let mut flows4 = h.dp.flows4().unwrap();
+    flows4.sort_by_key(|(k, _)| *k);
+    let mut keys4: Vec<_> = flows4.iter().map(|(k, _)| *k).collect();
+    keys4.sort();
+    let mut want_keys4 = vec![want4, want4_udp];
+    want_keys4.sort();
+    assert_eq!(keys4, want_keys4);
+    for (k, v) in &flows4 {
+        assert_eq!(Some(*v), h.model.flow(&k.flow_key()));
+    }
+    assert_eq!(
+        flows4
+            .iter()
+            .find(|(k, _)| *k == want4_udp)
+            .map(|(_, v)| v.gateway),
+        Some(GW_LOCAL)
+    );
+    // `flows()` shows both, IPv4 keys widened to `FlowKey`s of family 4.
+    let all = h.dp.flows().unwrap();
+    assert_eq!(all.len(), 3);
+    assert!(all.iter().any(|(k, _)| *k == want6));
+    assert!(all.iter().any(|(k, _)| *k == want4.flow_key()));
+    assert_eq!(h.model.flow_count(), 3);
+    h.check_flows().unwrap();
     assert_eq!(h.dp.active_ring(8).unwrap().len(), RING_SIZE as usize);
+}
+
+#[test]
+fn acks_hit_the_table_of_their_family() {
+    if !require_root("acks_hit_the_table_of_their_family") {
+        return;
+    }
+    let mut h = harness();
+    // Flows of both families pinned, then the ring flipped to the other gateway: only a
+    // hit in the right table keeps them where they were.
+    let f4 = |flags| frames::tcp4(CLIENT4, 46000, VIP_SPLIT, 80, flags);
+    let f6 = |flags| frames::tcp6(CLIENT6, 46000, VIP6, 8080, flags);
+    let g4 = gateway_of(&mut h, &f4(TCP_SYN)).unwrap();
+    let g6 = gateway_of(&mut h, &f6(TCP_SYN)).unwrap();
+    let other = |g| if g == GW1 { GW2 } else { GW1 };
+    h.write_ring(5, &ring_of(&[other(g4)]).unwrap()).unwrap();
+    h.write_ring(8, &ring_of(&[other(g6)]).unwrap()).unwrap();
+    for _ in 0..3 {
+        assert_eq!(gateway_of(&mut h, &f4(TCP_ACK)), Some(g4));
+        assert_eq!(gateway_of(&mut h, &f6(TCP_ACK)), Some(g6));
+        assert_eq!(gateway_of(&mut h, &f4(TCP_PSH)), Some(g4));
+    }
+    // A non-SYN miss is recorded in its own family's table.
+    let f4b = |flags| frames::tcp4(CLIENT4, 46001, VIP_SPLIT, 80, flags);
+    let f6b = |flags| frames::tcp6(CLIENT6, 46001, VIP6, 8080, flags);
+    assert_eq!(gateway_of(&mut h, &f4b(TCP_ACK)), Some(other(g4)));
+    assert_eq!(gateway_of(&mut h, &f6b(TCP_ACK)), Some(other(g6)));
+    assert_eq!(h.dp.flows4().unwrap().len(), 2);
+    assert_eq!(h.dp.flows6().unwrap().len(), 2);
+    h.check_counters().unwrap();
+    h.check_flows().unwrap();
 }
 
 #[test]
@@ -761,6 +855,7 @@ fn removed_services_pass_and_return() {
     }
     assert_eq!(gateway_of(&mut h, &syn), Some(GW1));
     h.check_counters().unwrap();
+    h.check_flows().unwrap();
 }
 
 #[test]
@@ -828,6 +923,7 @@ fn vip_table_probes_collisions_and_refuses_a_fifth() {
         gateway_of(&mut h, &frames::tcp4(CLIENT4, port, VIP_SPLIT, 80, TCP_SYN));
     }
     h.check_counters().unwrap();
+    h.check_flows().unwrap();
 }
 
 /// Sets this node's MTU in the program and the model (the standard node otherwise).
@@ -975,4 +1071,5 @@ fn packets_too_big_for_the_mtu_are_answered_with_icmp() {
     };
     assert_eq!(icmp.icmp_type, Icmpv6Type::PacketTooBig { mtu: 1280 });
     h.check_counters().unwrap();
+    h.check_flows().unwrap();
 }
