@@ -117,7 +117,12 @@ pub fn gateway(pgo: bool) -> anyhow::Result<Built> {
             profiles.display()
         );
     }
-    let merged = profiles.join("lb-gateway.profdata");
+    // A new name per training run: cargo rebuilds when `RUSTFLAGS` change, not when the file
+    // they name does, so a reused name would keep code optimised for an older profile.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let merged = profiles.join(format!("lb-gateway-{stamp}.profdata"));
     shell::run(
         Command::new(&profdata_tool)
             .arg("merge")
