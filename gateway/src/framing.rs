@@ -60,16 +60,7 @@ impl FramingGuard {
                     }
                     // Only a line feed can end the block: look at those, with the bytes
                     // before them from the buffer or from `data`.
-                    let mut from = 0;
-                    let mut end = None;
-                    while let Some(off) = data[from..].iter().position(|b| *b == b'\n') {
-                        let i = from + off;
-                        if self.ends_block(data, i) {
-                            end = Some(i);
-                            break;
-                        }
-                        from = i + 1;
-                    }
+                    let end = memchr::memchr_iter(b'\n', data).find(|&i| self.ends_block(data, i));
                     match end {
                         Some(i) => {
                             // The whole block in `data` (the usual case): no copy.
@@ -180,7 +171,11 @@ fn header_block_state(block: &[u8]) -> (State, bool) {
     let mut content_length: Option<u64> = None;
     let mut has_cl = false;
     let mut te_chunked: Option<bool> = None;
-    for line in block.split(|b| *b == b'\n').skip(1) {
+    // The lines after the request line, without their line feeds.
+    let mut feeds = memchr::memchr_iter(b'\n', block).peekable();
+    while let Some(feed) = feeds.next() {
+        let end = feeds.peek().copied().unwrap_or(block.len());
+        let line = &block[feed + 1..end];
         // Only the two names matter: skip other lines on their first byte.
         if !matches!(
             line.trim_ascii_start().first(),
@@ -188,7 +183,7 @@ fn header_block_state(block: &[u8]) -> (State, bool) {
         ) {
             continue;
         }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let name = line[..colon].trim_ascii();
@@ -257,7 +252,53 @@ mod tests {
         assert!(!run(&[&req]));
     }
 
+    /// Header-ish pieces whose concatenations make request streams with every framing.
+    const PIECES: &[&[u8]] = &[
+        b"GET / HTTP/1.1",
+        b"POST / HTTP/1.1",
+        b"\r\n",
+        b"\n",
+        b"\r",
+        b"Content-Length: 3",
+        b"content-length:0",
+        b"Transfer-Encoding: chunked",
+        b"transfer-encoding: gzip, chunked",
+        b"Host: a",
+        b" x",
+        b"abc",
+        b"3\r\nabc\r\n0\r\n\r\n",
+        b":",
+    ];
+
     proptest::proptest! {
+        /// However the stream is cut into reads, the verdict and the state are those for
+        /// the whole stream: the guard's state survives every boundary (in a line, between `\r` and
+        /// `\n`, between the two line feeds of a block's end).
+        #[test]
+        fn verdict_does_not_depend_on_read_boundaries(
+            picks in proptest::collection::vec(0..PIECES.len(), 0..48),
+            cuts in proptest::collection::vec(proptest::num::usize::ANY, 0..8),
+        ) {
+            let stream: Vec<u8> = picks.iter().flat_map(|&i| PIECES[i].iter().copied()).collect();
+            let mut at: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+            at.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut from = 0;
+            for cut in at {
+                chunks.push(&stream[from..cut]);
+                from = cut;
+            }
+            chunks.push(&stream[from..]);
+            let fed = |chunks: &[&[u8]]| {
+                let mut g = FramingGuard::default();
+                for c in chunks {
+                    g.feed(c);
+                }
+                (g.ambiguous, g.state, g.buf)
+            };
+            proptest::prop_assert_eq!(fed(&chunks), fed(&[&stream]));
+        }
+
         #[test]
         fn never_panics(data in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
             proptest::prop_assert!(run(&[&data]) || !run(&[&data]));
