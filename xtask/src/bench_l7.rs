@@ -244,8 +244,8 @@ fn check_tools() -> anyhow::Result<()> {
 
 /// The profile-guided build's training run (`cargo xtask dist`): the instrumented gateway at
 /// `gateway_bin` serves the benchmark's kinds of traffic for `seconds` each (HTTP/1.1, h2c,
-/// TLS 1.3, access log off and on) plus fixed answers, 404s and uploads, and leaves its
-/// profile in `profiles` when it exits.
+/// TLS 1.3, a fixed rate with idle time between requests, access log off and on) plus fixed
+/// answers, 404s and uploads, and leaves its profile in `profiles` when it exits.
 pub fn train(gateway_bin: PathBuf, profiles: &Path, seconds: u64) -> anyhow::Result<()> {
     check_tools()?;
     let bench = Bench::prepare(gateway_bin, seconds)?;
@@ -765,7 +765,7 @@ respond = {{ status = 404, body = "no route" }}
             let cases: &[Case] = if access_log {
                 &[Case::AccessLog]
             } else {
-                &[Case::Http1, Case::H2c, Case::Tls13]
+                &[Case::Http1, Case::H2c, Case::Tls13, Case::FixedRate]
             };
             for case in cases {
                 shell::step(&format!("training: {}", case.title()));

@@ -5,8 +5,8 @@
 //! - `lb-gateway` is also built with profile-guided optimisation (PGO) unless `--no-pgo`:
 //!   1. an instrumented build (`-Cprofile-generate`) in `TARGET/pgo/generate`;
 //!   2. a training run: that binary proxies the L7 benchmark's workload (HTTP/1.1, h2c,
-//!      TLS 1.3, access log off and on, fixed answers, 404s and uploads) to a local NGINX
-//!      upstream on 127.0.0.1 for a few seconds per kind (`bench_l7::train`);
+//!      TLS 1.3, a fixed rate, access log off and on, fixed answers, 404s and uploads) to a
+//!      local NGINX upstream on 127.0.0.1 for a few seconds per kind (`bench_l7::train`);
 //!   3. `llvm-profdata merge` (rustup's `llvm-tools`, the LLVM of this rustc);
 //!   4. the final build (`-Cprofile-use`) in `TARGET/pgo/use`.
 //!
