@@ -357,7 +357,12 @@ impl ObserveDone {
             state,
             in_flight,
         } = self;
-        let ttfb = start.elapsed();
+        // Time to first byte goes only into the access log: no clock read without it.
+        let ttfb = if access.is_some() {
+            start.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        };
         let status = res.status().as_u16();
         let (parts, inner) = res.into_parts();
         let body = TrackedBody::new(inner, move |outcome| {

@@ -402,7 +402,9 @@ async fn forward(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        let now = Instant::now();
+        // One clock read per attempt (the first attempt starts when the request does): it
+        // picks the member, bounds the try and times the attempt's latency.
+        let now = if attempt == 1 { start } else { Instant::now() };
         let idx = up
             .balancer
             .pick(&up.members, hash, &tried[..tried_len], now)
@@ -442,11 +444,12 @@ async fn forward(
         let in_flight = member.start();
         let remaining = deadline.saturating_duration_since(now);
         let per_try = cfg.try_timeout.min(remaining);
-        let sent = Instant::now();
         let span = tracing::debug_span!("upstream_attempt", upstream = name, member = %member.address, attempt);
-        let result = tokio::time::timeout(per_try, send_attempt(up, member, upstream_req))
-            .instrument(span)
-            .await;
+        let try_deadline = tokio::time::Instant::from_std(now + per_try);
+        let result =
+            tokio::time::timeout_at(try_deadline, send_attempt(up, member, upstream_req, now))
+                .instrument(span)
+                .await;
         let done = Instant::now();
         // The client's body failed (too large, or the client went away): not the member's
         // fault, and nothing to retry.
@@ -457,7 +460,7 @@ async fn forward(
         }
         let (outcome_label, outcome, res) = match result {
             Ok(Ok((res, reused, lease))) => {
-                member.record_latency(done - sent);
+                member.record_latency(done - now);
                 if reused {
                     up.pool_reused.inc();
                 }
@@ -586,13 +589,15 @@ enum AttemptError {
 /// Sends one attempt to `member`: through the upstream's HTTP/1.1 pool when it has one, else
 /// through its pooled hyper-util client. Returns the response head, whether the connection
 /// was reused, and the pool lease to hold until the response body ends.
+/// One try of `req` on `member`; `now` is the attempt's start (for the pool's idle expiry).
 async fn send_attempt(
     up: &Upstream,
     member: &Arc<Member>,
     req: Request<RequestBody>,
+    now: Instant,
 ) -> Result<(Response<Incoming>, bool, Option<Lease>), AttemptError> {
     if let (Some(pool), Some(authority)) = (&up.pool, &member.authority) {
-        return match pool.send(member, authority, req).await {
+        return match pool.send(member, authority, req, now).await {
             Ok((res, reused, lease)) => Ok((res, reused, Some(lease))),
             Err(SendError::Connect(e)) => Err(AttemptError::Connect(e)),
             Err(SendError::Request(e)) => Err(AttemptError::Request(Box::new(e))),

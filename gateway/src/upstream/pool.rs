@@ -171,15 +171,17 @@ impl Http1Pool {
 
     /// Sends `req` (absolute URI) to `member`: on an idle connection if there is a usable one,
     /// else on a new one. Returns the response head, whether the connection was reused, and
-    /// the lease to hold until the response body is done.
+    /// the lease to hold until the response body is done. `now` (the caller's clock read)
+    /// tells which idle connections have expired.
     pub async fn send(
         &self,
         member: &Arc<Member>,
         authority: &Authority,
         mut req: Request<RequestBody>,
+        now: Instant,
     ) -> Result<(Response<Incoming>, bool, Lease), SendError> {
         to_origin_form(&mut req, authority);
-        while let Some(idle) = member.idle.pop(Instant::now()) {
+        while let Some(idle) = member.idle.pop(now) {
             let mut sender = idle.sender;
             if sender.ready().await.is_err() {
                 continue;
