@@ -2,10 +2,10 @@
 //! program (BPF_PROG_TEST_RUN) and through the reference model (`lb_common::model`), over
 //! the standard map contents, with ring changes, gateway removals and node MTUs along the way.
 //! Verdicts and output bytes must match exactly for every frame, and every counter and
-//! both connection tables at the end. Frames: IPv4/IPv6, VLAN, options, TCP/UDP/ICMP/other protocols, fragments,
-//! extension headers, ICMP errors quoting VIP flows, encapsulated packets, non-VIP
-//! traffic, then mutations (truncation, wrong lengths, odd IHL and data offsets, flipped
-//! bytes, padding). The seed is printed; `LB_DIFF_SEED=N` replays a run. Needs root.
+//! both connection tables at the end. Frames: IPv4/IPv6, VLAN, options, TCP/UDP/ICMP/other
+//! protocols, fragments, extension headers, ICMP errors quoting VIP flows, encapsulated
+//! packets, non-VIP traffic, then mutations (truncation, wrong lengths, odd IHL and data
+//! offsets, flipped bytes, padding). The seed is printed; `LB_DIFF_SEED=N` replays a run. Needs root.
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
 
 use std::net::{Ipv4Addr, Ipv6Addr};
