@@ -329,7 +329,10 @@ pub fn factory() -> crate::agent::L4Factory {
             XdpMode::Native => AttachMode::Native,
             XdpMode::Generic => AttachMode::Generic,
         };
-        let l4 = XdpL4::attach(&x.interface, mode, &LoadOptions::default())?;
+        let opts = LoadOptions {
+            flow_table_size: x.flow_table_size,
+        };
+        let l4 = XdpL4::attach(&x.interface, mode, &opts)?;
         Ok(Box::new(l4) as Box<dyn L4Dataplane>)
     })
 }

@@ -42,6 +42,7 @@ fn the_lab_demo_runs_end_to_end() {
         out.status
     );
     for step in [
+        "connection tables in the kernel: ",
         "the XDP program on node1 spreads them over the gateways",
         "Draining node2",
         "node2 takes the VIP",

@@ -299,6 +299,12 @@ struct RawXdp {
     mode: String,
     #[serde(default)]
     ports: Vec<RawPort>,
+    #[serde(default = "default_flow_table_size")]
+    flow_table_size: u32,
+}
+
+fn default_flow_table_size() -> u32 {
+    lb_common::datapath::DEFAULT_FLOW_TABLE_SIZE
 }
 
 fn default_mode() -> String {
@@ -509,7 +515,15 @@ pub struct XdpConfig {
     pub mode: XdpMode,
     /// The ports served on every VIP.
     pub ports: Vec<(u16, L4Protocol)>,
+    /// Entries of each connection table (IPv4 and IPv6 flows are kept apart, each table
+    /// this size).
+    pub flow_table_size: u32,
 }
+
+/// Bounds of `[xdp] flow_table_size`: a table holds at least a few flows per CPU (one LRU
+/// list per CPU), and at most what ~3 GiB of kernel memory holds (both tables).
+pub const FLOW_TABLE_SIZE_MIN: u32 = 1024;
+pub const FLOW_TABLE_SIZE_MAX: u32 = 16 * 1024 * 1024;
 
 /// How the XDP program is attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1128,10 +1142,20 @@ impl Validator {
         if ports.is_empty() {
             self.err("xdp.ports", "at least one port is needed");
         }
+        if !(FLOW_TABLE_SIZE_MIN..=FLOW_TABLE_SIZE_MAX).contains(&x.flow_table_size) {
+            self.err(
+                "xdp.flow_table_size",
+                format!(
+                    "{}: must be {FLOW_TABLE_SIZE_MIN}-{FLOW_TABLE_SIZE_MAX}",
+                    x.flow_table_size
+                ),
+            );
+        }
         XdpConfig {
             interface: x.interface,
             mode,
             ports,
+            flow_table_size: x.flow_table_size,
         }
     }
 }

@@ -141,6 +141,28 @@ fn step(text: &str) {
     println!("\n==> {text}");
 }
 
+/// The demo agents' connection-table size (`[xdp] flow_table_size`): small, as a lab
+/// needs, and unusual, so that the demo can find the agents' tables among the kernel's maps.
+const DEMO_FLOW_TABLE: u32 = 49_152;
+
+/// Connection tables (`FLOWS4`, `FLOWS6`) of `entries` entries among the kernel's maps
+/// (`bpftool -j map show`), by name.
+fn flow_tables_of_size(entries: u32) -> anyhow::Result<(usize, usize)> {
+    let out = std::process::Command::new("bpftool")
+        .args(["-j", "map", "show"])
+        .output()
+        .context("running bpftool")?;
+    anyhow::ensure!(out.status.success(), "bpftool map show failed");
+    let maps: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
+    let count = |name: &str| {
+        maps.iter()
+            .filter(|m| m["name"] == name && m["max_entries"].as_u64() == Some(u64::from(entries)))
+            .count()
+    };
+    Ok((count("FLOWS4"), count("FLOWS6")))
+}
+
 fn demo(prefix: &str, keep: bool) -> anyhow::Result<()> {
     let bins = Bins {
         agent: sibling("lb-agent")?.to_string_lossy().into_owned(),
@@ -238,6 +260,14 @@ fn demo(prefix: &str, keep: bool) -> anyhow::Result<()> {
         },
     )?;
     print!("{}", lbctl("node1", &["status"])?);
+    let (v4, v6) = flow_tables_of_size(DEMO_FLOW_TABLE)?;
+    println!(
+        "connection tables in the kernel: {v4} x FLOWS4 and {v6} x FLOWS6 of {DEMO_FLOW_TABLE} entries ([xdp] flow_table_size)"
+    );
+    anyhow::ensure!(
+        v4 >= 3 && v6 >= 3,
+        "the three agents' connection tables do not have the configured {DEMO_FLOW_TABLE} entries"
+    );
 
     step(
         "Client: 30 HTTP requests to each VIP; the XDP program on node1 spreads them over the gateways",
@@ -462,7 +492,9 @@ listen = "{v4}:9902"
 interface = "eth0"
 mode = "native"
 ports = [{{ port = 80 }}]
+flow_table_size = {flows}
 "#,
+        flows = DEMO_FLOW_TABLE,
         state = state.display(),
         sock = sock.display(),
         token = token.display(),

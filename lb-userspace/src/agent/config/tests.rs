@@ -94,6 +94,31 @@ fn full_config_validates() {
         xdp.ports,
         vec![(443, L4Protocol::Tcp), (53, L4Protocol::Udp)]
     );
+    assert_eq!(
+        xdp.flow_table_size,
+        lb_common::datapath::DEFAULT_FLOW_TABLE_SIZE
+    );
+}
+
+#[test]
+fn flow_table_size_is_bounded() {
+    let with = |n: &str| {
+        FULL.replace(
+            "mode = \"native\"",
+            &format!("mode = \"native\"\nflow_table_size = {n}"),
+        )
+    };
+    let cfg = parse(Path::new("a.toml"), &with("262144")).unwrap();
+    assert_eq!(cfg.xdp.unwrap().flow_table_size, 262_144);
+    for bad in ["1023", "16777217", "0"] {
+        let got = issues(&with(bad));
+        assert!(
+            got.iter().any(|g| g.contains(&format!(
+                "xdp.flow_table_size: {bad}: must be 1024-16777216"
+            ))),
+            "{bad}: {got:#?}"
+        );
+    }
 }
 
 #[test]
