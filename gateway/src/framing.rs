@@ -272,8 +272,8 @@ mod tests {
 
     proptest::proptest! {
         /// However the stream is cut into reads, the verdict and the state are those for
-        /// the whole stream: the guard's state survives every boundary (in a line, between `\r` and
-        /// `\n`, between the two line feeds of a block's end).
+        /// the whole stream: the guard's state survives every boundary (in a line, between
+        /// `\r` and `\n`, between the two line feeds of a block's end).
         #[test]
         fn verdict_does_not_depend_on_read_boundaries(
             picks in proptest::collection::vec(0..PIECES.len(), 0..48),

@@ -588,8 +588,8 @@ enum AttemptError {
 
 /// Sends one attempt to `member`: through the upstream's HTTP/1.1 pool when it has one, else
 /// through its pooled hyper-util client. Returns the response head, whether the connection
-/// was reused, and the pool lease to hold until the response body ends.
-/// One try of `req` on `member`; `now` is the attempt's start (for the pool's idle expiry).
+/// was reused, and the pool lease to hold until the response body ends. `now` is the
+/// attempt's start (it tells the pool which idle connections have expired).
 async fn send_attempt(
     up: &Upstream,
     member: &Arc<Member>,
