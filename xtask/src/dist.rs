@@ -7,7 +7,8 @@
 //!   2. a training run: that binary proxies the L7 benchmark's workload (HTTP/1.1, h2c,
 //!      TLS 1.3, a fixed rate, access log off and on, fixed answers, 404s and uploads) to a
 //!      local NGINX upstream on 127.0.0.1 for a few seconds per kind (`bench_l7::train`);
-//!   3. `llvm-profdata merge` (rustup's `llvm-tools`, the LLVM of this rustc);
+//!   3. `llvm-profdata merge` (rustup's `llvm-tools`, added when missing, or the system's
+//!      tool of rustc's LLVM major version);
 //!   4. the final build (`-Cprofile-use`) in `TARGET/pgo/use`.
 //!
 //!   Both builds name the host `--target` so that `RUSTFLAGS` reach the gateway's code only,
@@ -169,21 +170,46 @@ fn build_gateway(dir: &Path, host: &str, flag: &str) -> anyhow::Result<()> {
     )
 }
 
-/// rustup's `llvm-profdata` for the default toolchain (the same LLVM as rustc: profiles
-/// are versioned, another LLVM's tool may not read them).
+/// An `llvm-profdata` of rustc's LLVM (profiles are versioned; another LLVM's tool may not
+/// read them): rustup's `llvm-tools` component of the default toolchain (added here when
+/// missing, so that only `dist` depends on it), else the system's tool of the same LLVM
+/// major version (Debian's `llvm-N` package, which `cargo xtask setup` installs for
+/// bpf-linker).
 pub fn llvm_profdata() -> anyhow::Result<PathBuf> {
     let sysroot = shell::output("rustc", &["--print", "sysroot"]).context("running rustc")?;
-    let tool = Path::new(sysroot.trim())
+    let rustup_tool = Path::new(sysroot.trim())
         .join("lib/rustlib")
         .join(host_triple()?)
         .join("bin/llvm-profdata");
-    if !tool.exists() {
-        bail!(
-            "{} is missing: run `cargo xtask setup` (it adds rustup's llvm-tools component)",
-            tool.display()
-        );
+    if !rustup_tool.exists() {
+        println!("dist: adding rustup's llvm-tools component (llvm-profdata)");
+        if let Err(e) = shell::run(Command::new("rustup").args(["component", "add", "llvm-tools"]))
+        {
+            eprintln!("dist: {e:#}; looking for the system's llvm-profdata instead");
+        }
     }
-    Ok(tool)
+    if rustup_tool.exists() {
+        return Ok(rustup_tool);
+    }
+    let major = shell::output("rustc", &["-vV"])
+        .and_then(|v| {
+            v.lines().find_map(|l| {
+                l.strip_prefix("LLVM version: ")
+                    .and_then(|ver| ver.split('.').next())
+                    .map(|m| m.trim().to_owned())
+            })
+        })
+        .context("reading rustc's LLVM version from `rustc -vV`")?;
+    let system_tool = PathBuf::from(format!("/usr/lib/llvm-{major}/bin/llvm-profdata"));
+    if system_tool.exists() {
+        return Ok(system_tool);
+    }
+    bail!(
+        "no llvm-profdata of LLVM {major}: neither {} (rustup component llvm-tools) nor {}; \
+         install one, or build without PGO (`cargo xtask dist --no-pgo`)",
+        rustup_tool.display(),
+        system_tool.display()
+    )
 }
 
 fn host_triple() -> anyhow::Result<String> {

@@ -45,7 +45,6 @@ pub fn run() -> anyhow::Result<()> {
     shell::step("setup: checking prerequisites");
     apt_packages()?;
     nightly_rust_src()?;
-    llvm_tools()?;
     bpf_linker()?;
     bpffs()?;
     println!(
@@ -115,17 +114,6 @@ fn nightly_rust_src() -> anyhow::Result<()> {
         "--toolchain",
         "nightly",
     ]))
-}
-
-/// `llvm-profdata` of the exact LLVM that rustc uses, for the profile-guided build of
-/// `cargo xtask dist` (rustup's `llvm-tools` component of the default toolchain).
-fn llvm_tools() -> anyhow::Result<()> {
-    if crate::dist::llvm_profdata().is_ok() {
-        println!("setup: llvm-tools present");
-        return Ok(());
-    }
-    println!("setup: adding the llvm-tools component (llvm-profdata, for `cargo xtask dist`)");
-    shell::run(Command::new("rustup").args(["component", "add", "llvm-tools"]))
 }
 
 fn bpf_linker() -> anyhow::Result<()> {
