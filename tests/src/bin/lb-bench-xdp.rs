@@ -193,31 +193,22 @@ fn main() -> anyhow::Result<()> {
         )?;
         results.push((name, t, Some(20.0)));
     }
-    let name = "TCP ACK, connection-table hit, IPv4";
-    if want(name) {
-        writeln!(std::io::stderr(), "conntrack hit v4 ...")?;
-        dp.test_run(&tcp4(CLIENT4, 40000, VIP_SPLIT, 80, TCP_SYN))?;
-        let t = measure(
-            calls,
-            tx,
-            run_dp,
-            |_| tcp4(CLIENT4, 40000, VIP_SPLIT, 80, TCP_ACK),
-            false,
-        )?;
-        results.push((name, t, Some(60.0)));
-    }
-    let name = "TCP ACK, connection-table hit, IPv6";
-    if want(name) {
-        writeln!(std::io::stderr(), "conntrack hit v6 ...")?;
-        dp.test_run(&tcp6(CLIENT6, 40000, VIP6, 8080, TCP_SYN))?;
-        let t = measure(
-            calls,
-            tx,
-            run_dp,
-            |_| tcp6(CLIENT6, 40000, VIP6, 8080, TCP_ACK),
-            false,
-        )?;
-        results.push((name, t, Some(60.0)));
+    // One flow per family: its SYN records it, then its ACKs hit the table.
+    for (name, flow) in [
+        (
+            "TCP ACK, connection-table hit, IPv4",
+            (|flags| tcp4(CLIENT4, 40000, VIP_SPLIT, 80, flags)) as fn(u8) -> Vec<u8>,
+        ),
+        ("TCP ACK, connection-table hit, IPv6", |flags| {
+            tcp6(CLIENT6, 40000, VIP6, 8080, flags)
+        }),
+    ] {
+        if want(name) {
+            writeln!(std::io::stderr(), "{name} ...")?;
+            dp.test_run(&flow(TCP_SYN))?;
+            let t = measure(calls, tx, run_dp, |_| flow(TCP_ACK), false)?;
+            results.push((name, t, Some(60.0)));
+        }
     }
     let name = "TCP SYN, new flow, IPv4";
     let big = "TCP ACK over 1M established flows (IPv4)";
