@@ -263,19 +263,24 @@ async fn body<T: for<'de> Deserialize<'de>>(
         .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
 }
 
+/// The cluster's shared token in the running configuration, if one is set: required on
+/// the cluster endpoint and sent with pushes to peers.
+fn cluster_token(ctx: &ApiCtx) -> Option<Arc<str>> {
+    ctx.snapshot
+        .borrow()
+        .cfg
+        .cluster
+        .token
+        .as_ref()
+        .map(|t| t.0.clone())
+}
+
 async fn handle(ctx: &ApiCtx, surface: &Surface, req: Request<Incoming>) -> Response<Full<Bytes>> {
     // The token the request must carry: the HTTPS admin token, or on the cluster
     // endpoint the cluster's shared token of the running configuration (if set).
     let required = match surface {
         Surface::Remote { token } => Some(token.clone()),
-        Surface::Cluster => ctx
-            .snapshot
-            .borrow()
-            .cfg
-            .cluster
-            .token
-            .as_ref()
-            .map(|t| t.0.clone()),
+        Surface::Cluster => cluster_token(ctx),
         Surface::Local | Surface::Metrics => None,
     };
     if let Some(token) = required {
@@ -529,14 +534,7 @@ pub async fn push_to_peers(
         Ok(b) => b,
         Err(e) => return peers.iter().map(|p| (*p, Err(e.to_string()))).collect(),
     };
-    let token = ctx
-        .snapshot
-        .borrow()
-        .cfg
-        .cluster
-        .token
-        .as_ref()
-        .map(|t| t.0.clone());
+    let token = cluster_token(ctx);
     let calls = peers.iter().map(|peer| {
         let body = body.clone();
         let token = token.clone();
