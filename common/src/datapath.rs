@@ -34,9 +34,14 @@ pub const VIP_TABLE_SLOTS: u32 = 1024;
 pub const VIP_PROBES: u32 = 4;
 /// State of a [`VipSlot`] whose entry is live.
 pub const VIP_SLOT_USED: u32 = 1;
-/// Size the program is compiled with for each connection table (`FLOWS4` and `FLOWS6`);
-/// the loader sets the real size at load time, the same for both.
+/// Flows each connection table (`FLOWS4` and `FLOWS6`) holds by default; the loader sets
+/// the real size at load time, the same for both ([`flow_buckets`] buckets each).
 pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
+/// Entries per bucket of the connection tables.
+pub const FLOW_WAYS: usize = 4;
+/// The bits of a stored entry's last word that belong to the key: ports (bits 0-31) and
+/// protocol (32-39). Bits 40-47 hold the entry's check byte, 48-63 its gateway id.
+pub const FLOW_TAIL_KEY_MASK: u64 = 0xff_ffff_ffff;
 /// A ring slot or flow entry that names no gateway.
 pub const NO_GATEWAY: u32 = u32::MAX;
 /// TTL / hop limit of the outer header of encapsulated packets.
@@ -65,11 +70,13 @@ pub mod map_names {
     pub const GATEWAYS: &str = "GATEWAYS";
     /// `Array<NodeConfig>[1]`: this node's addresses and MAC.
     pub const NODE: &str = "NODE";
-    /// `LruHashMap<FlowKey4, FlowValue>`: the connection table of IPv4 flows (a 16-byte
-    /// key: the kernel hashes and compares fewer bytes than [`super::FlowKey`]'s 40).
+    /// `Array<FlowBucket4>[flow_buckets(size)]`: the connection table of IPv4 flows.
     pub const FLOWS4: &str = "FLOWS4";
-    /// `LruHashMap<FlowKey, FlowValue>`: the connection table of IPv6 flows.
+    /// `Array<FlowBucket6>[flow_buckets(size)]`: the connection table of IPv6 flows.
     pub const FLOWS6: &str = "FLOWS6";
+    /// The program's global `u32` holding the bucket count of each connection table (the
+    /// loader sets it with the tables' size).
+    pub const FLOW_BUCKETS: &str = "FLOW_BUCKETS";
     /// `PerCpuArray<StatCounter>[ExitReason::COUNT]`.
     pub const EXIT_STATS: &str = "EXIT_STATS";
     /// `PerCpuArray<VipStats>[MAX_VIPS]`.
@@ -217,8 +224,8 @@ pub struct NodeConfig {
 }
 
 /// A flow's 5-tuple as the client sent the packet (client -> VIP), of either family: the
-/// input of [`flow_hash`], and the key of the IPv6 connection table (`FLOWS6`). IPv4 flows
-/// are kept in `FLOWS4` under the compact [`FlowKey4`] of the same 5-tuple.
+/// input of [`flow_hash`]; the connection tables store it as [`FlowKey::words4`] (IPv4,
+/// `FLOWS4`) or [`FlowKey::words6`] (IPv6, `FLOWS6`).
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -263,8 +270,8 @@ impl FlowKey {
     }
 }
 
-/// Key of the IPv4 connection table (`FLOWS4`): the whole IPv4 5-tuple as the client sent
-/// the packet, in 16 bytes (two words). It holds everything a [`FlowKey`] of family
+/// An IPv4 flow's key as the IPv4 connection table (`FLOWS4`) stores it ([`FlowKey::words4`]):
+/// the whole IPv4 5-tuple as the client sent the packet, in 16 bytes (two words). It holds everything a [`FlowKey`] of family
 /// [`FAMILY_V4`] holds (the family is implied by the table), so two flows share a key only
 /// when they share the 5-tuple.
 #[repr(C, align(8))]
@@ -304,12 +311,200 @@ impl FlowKey4 {
     }
 }
 
-/// Value of both connection tables: the gateway id, 4 bytes (the kernel rounds a hash
-/// map's value up to 8 bytes, so nothing smaller would save memory).
+/// What a connection-table entry says about its flow: the gateway id.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowValue {
     pub gateway: u32,
+}
+
+// The connection tables.
+//
+// Each is an array map of buckets of `FLOW_WAYS` entries (a set-associative cache, as CPU
+// caches are built): the program finds a flow's bucket from a hash of its 5-tuple and
+// compares the bucket's entries in place. Array lookups are inlined by the verifier, so a
+// lookup is a hash, one memory access and a few compares, with no helper call and no lock;
+// recording a flow writes one entry. (A kernel LRU hash map cost ~300 ns per insert on
+// this machine: it takes a free node from per-CPU lists and links it in.)
+//
+// An entry is the flow's key words (`FlowKey::words4` / `words6`), whose last word also
+// holds a check byte and the gateway id. An entry is free when its protocol byte is 0 (a
+// key's protocol is TCP or UDP). A flow is recorded in its own entry if the bucket has
+// one, else in the first free entry, else over the entry its hash picks (eviction: the
+// evicted flow is looked up on the ring again on its next packet, which gives the same
+// gateway unless the ring changed meanwhile).
+//
+// Entries are shared by all CPUs and written without a lock (two or five 8-byte stores).
+// A reader racing with a writer of the same entry could see words of two flows; the check
+// byte (bits of the flow's table hash) makes such a mix fail the compare (all but 1 in 256
+// of the rare mixes whose key words happen to equal the reader's flow), so the packet is
+// treated as a miss and goes to the ring, never to another flow's gateway.
+
+/// A bucket of the IPv4 connection table (`FLOWS4`): four entries of two words, 64
+/// bytes (one cache line).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowBucket4 {
+    pub ways: [[u64; 2]; FLOW_WAYS],
+}
+
+/// A bucket of the IPv6 connection table (`FLOWS6`): four entries of five words, 160 bytes.
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowBucket6 {
+    pub ways: [[u64; 5]; FLOW_WAYS],
+}
+
+/// Buckets of each connection table for a size of `flows` entries (rounded up).
+pub const fn flow_buckets(flows: u32) -> u32 {
+    flows.div_ceil(FLOW_WAYS as u32)
+}
+
+impl FlowKey {
+    /// The key words an IPv4 flow is stored under: addresses (source in the low half),
+    /// then ports and protocol.
+    #[inline(always)]
+    pub fn words4(&self) -> [u64; 2] {
+        let w = self.words();
+        [
+            (w[0] & 0xffff_ffff) | (w[2] << 32),
+            w[4] & FLOW_TAIL_KEY_MASK,
+        ]
+    }
+
+    /// The key words an IPv6 flow is stored under: source, destination, then ports and
+    /// protocol.
+    #[inline(always)]
+    pub fn words6(&self) -> [u64; 5] {
+        let w = self.words();
+        [w[0], w[1], w[2], w[3], w[4] & FLOW_TAIL_KEY_MASK]
+    }
+}
+
+/// The hash of a flow's key words that places it in a connection table: the bucket is
+/// [`flow_bucket`] of it, the check byte its low 8 bits, the way evicted in a full bucket
+/// bits 8-9.
+#[inline(always)]
+pub fn flow_table_hash<const N: usize>(key: &[u64; N]) -> u32 {
+    let mut h = 0x636f_6e6e_7461_626c_u64;
+    let mut i = 0;
+    while i < N {
+        h = mix(h, key[i]);
+        i += 1;
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    (h >> 32) as u32
+}
+
+/// The bucket of table hash `hash` in a table of `buckets` buckets (multiply-shift: any
+/// bucket count works, the hash's high bits choose).
+#[inline(always)]
+pub fn flow_bucket(hash: u32, buckets: u32) -> u32 {
+    ((u64::from(hash) * u64::from(buckets)) >> 32) as u32
+}
+
+/// The stored entry of a flow with key words `key` and table hash `hash` on gateway `gw`
+/// (an id below [`MAX_GATEWAYS`], so it fits the entry's 16 bits).
+#[inline(always)]
+pub fn flow_entry<const N: usize>(key: &[u64; N], hash: u32, gw: u32) -> [u64; N] {
+    let mut e = *key;
+    e[N - 1] = (key[N - 1] & FLOW_TAIL_KEY_MASK)
+        | (u64::from(hash & 0xff) << 40)
+        | (u64::from(gw & 0xffff) << 48);
+    e
+}
+
+/// Whether entry `e` holds the flow with key words `key` (its key part; the check byte
+/// and gateway aside).
+#[inline(always)]
+fn same_key<const N: usize>(e: &[u64; N], key: &[u64; N]) -> bool {
+    let mut same = e[N - 1] & FLOW_TAIL_KEY_MASK == key[N - 1];
+    let mut i = 0;
+    while i + 1 < N {
+        same &= e[i] == key[i];
+        i += 1;
+    }
+    same
+}
+
+/// The gateway recorded for the flow with key words `key` and table hash `hash` in
+/// `ways` (its bucket), if an entry holds it whole (key and check byte).
+#[inline(always)]
+pub fn flow_find<const N: usize>(
+    ways: &[[u64; N]; FLOW_WAYS],
+    key: &[u64; N],
+    hash: u32,
+) -> Option<u32> {
+    let mut i = 0;
+    while i < FLOW_WAYS {
+        let e = &ways[i];
+        let last = e[N - 1];
+        if same_key(e, key) && (last >> 40) & 0xff == u64::from(hash & 0xff) {
+            return Some((last >> 48) as u32);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The way of `ways` (its bucket) that the flow with key words `key` and table hash `hash`
+/// is recorded in: the entry that holds its key, else the first free entry, else (the
+/// bucket is full) the way bits 8-9 of its hash pick, whose flow is evicted.
+#[inline(always)]
+pub fn flow_slot<const N: usize>(ways: &[[u64; N]; FLOW_WAYS], key: &[u64; N], hash: u32) -> usize {
+    let mut free = FLOW_WAYS;
+    let mut i = 0;
+    while i < FLOW_WAYS {
+        let e = &ways[i];
+        if same_key(e, key) {
+            return i;
+        }
+        if free == FLOW_WAYS && (e[N - 1] >> 32) & 0xff == 0 {
+            free = i;
+        }
+        i += 1;
+    }
+    if free < FLOW_WAYS {
+        free
+    } else {
+        ((hash >> 8) & (FLOW_WAYS as u32 - 1)) as usize
+    }
+}
+
+/// The flow an IPv4 table entry holds, if the entry is in use and whole (check byte).
+pub fn flow_entry4_decode(e: &[u64; 2]) -> Option<(FlowKey4, FlowValue)> {
+    let key = [e[0], e[1] & FLOW_TAIL_KEY_MASK];
+    let used = (e[1] >> 32) & 0xff != 0;
+    let whole = (e[1] >> 40) & 0xff == u64::from(flow_table_hash(&key) & 0xff);
+    // SAFETY: `FlowKey4` is `repr(C)`, 16 bytes of byte arrays and bytes with no
+    // implicit padding (`layouts_have_no_implicit_padding`); `transmute` checks sizes.
+    let k = unsafe { core::mem::transmute::<[u64; 2], FlowKey4>(key.map(u64::to_le)) };
+    (used && whole).then_some((
+        k,
+        FlowValue {
+            gateway: (e[1] >> 48) as u32,
+        },
+    ))
+}
+
+/// The flow an IPv6 table entry holds (a [`FlowKey`] of family [`FAMILY_V6`]), if the
+/// entry is in use and whole (check byte).
+pub fn flow_entry6_decode(e: &[u64; 5]) -> Option<(FlowKey, FlowValue)> {
+    let key = [e[0], e[1], e[2], e[3], e[4] & FLOW_TAIL_KEY_MASK];
+    let used = (e[4] >> 32) & 0xff != 0;
+    let whole = (e[4] >> 40) & 0xff == u64::from(flow_table_hash(&key) & 0xff);
+    let mut w = key;
+    w[4] |= u64::from(FAMILY_V6) << 40;
+    // SAFETY: as in `FlowKey::from_words`: 40 plain bytes either way.
+    let k = unsafe { core::mem::transmute::<[u64; 5], FlowKey>(w.map(u64::to_le)) };
+    (used && whole).then_some((
+        k,
+        FlowValue {
+            gateway: (e[4] >> 48) as u32,
+        },
+    ))
 }
 
 /// A slot of the `VIPS` table.
@@ -361,6 +556,8 @@ mod pod {
     unsafe impl aya::Pod for super::FlowKey {}
     unsafe impl aya::Pod for super::FlowKey4 {}
     unsafe impl aya::Pod for super::FlowValue {}
+    unsafe impl aya::Pod for super::FlowBucket4 {}
+    unsafe impl aya::Pod for super::FlowBucket6 {}
     unsafe impl aya::Pod for super::VipStats {}
 }
 
@@ -578,6 +775,8 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey>(), 40);
         assert_eq!(core::mem::size_of::<FlowKey4>(), 16);
         assert_eq!(core::mem::size_of::<FlowValue>(), 4);
+        assert_eq!(core::mem::size_of::<FlowBucket4>(), 64);
+        assert_eq!(core::mem::size_of::<FlowBucket6>(), 160);
         assert_eq!(core::mem::size_of::<VipStats>(), 24);
     }
 

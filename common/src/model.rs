@@ -38,13 +38,16 @@
 //!    in `VIPS`; no entry: `pass_not_vip`. Other protocols: `pass_not_vip`.
 //! 7. **Flow.** Per-VIP counters count the packet. Unless the VIP has
 //!    [`VIP_F_NO_CONNTRACK`] or the packet is a TCP SYN without ACK, the connection table of
-//!    the packet's family is consulted (IPv4: `FLOWS4`, keyed by the [`FlowKey4`] of the
-//!    5-tuple; IPv6: `FLOWS6`, keyed by the [`FlowKey`]); a hit whose gateway is still
-//!    `VALID` keeps that gateway. Otherwise the gateway is `ring[flow_hash % RING_SIZE]`
-//!    of the VIP's active ring copy ([`flow_hash`] of the [`FlowKey`], either family); it
-//!    must be a `VALID` gateway (else `drop_no_gateway`); the VIP's `new_flows` counts it
-//!    and the flow is recorded in its family's table (unless `NO_CONNTRACK`), replacing
-//!    any entry of the same key (a SYN of a reused 5-tuple re-picks its gateway).
+//!    the packet's family is consulted (IPv4: `FLOWS4` under [`FlowKey::words4`]; IPv6:
+//!    `FLOWS6` under [`FlowKey::words6`]; a [`FlowTable`] each: the bucket of the key's
+//!    [`flow_table_hash`], an entry whose key and check byte match, [`flow_find`]); a hit
+//!    whose gateway is still `VALID` keeps that gateway. Otherwise the gateway is
+//!    `ring[flow_hash % RING_SIZE]` of the VIP's active ring copy ([`flow_hash`] of the
+//!    [`FlowKey`], either family); it must be a `VALID` gateway (else `drop_no_gateway`);
+//!    the VIP's `new_flows` counts it and the flow is recorded in its family's table
+//!    (unless `NO_CONNTRACK`) at the way [`flow_slot`] picks: its own entry (a SYN of a
+//!    reused 5-tuple re-picks its gateway), else the first free one, else the way its hash
+//!    picks, evicting that flow.
 //! 8. **Forward.** A `LOCAL` gateway: `local` (passed untouched). Otherwise the packet is encapsulated ([`outer_ipv4`] /
 //!    [`outer_ipv6`]) behind a new Ethernet header (destination = the gateway's next-hop
 //!    MAC, source = this node's MAC, the input's VLAN tag kept) and transmitted: `tx`.
@@ -71,12 +74,14 @@ use std::collections::HashMap;
 use crate::{
     ExitReason, StatCounter,
     datapath::{
-        ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey, FlowKey4,
-        FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN,
-        IPV6_MIN_MTU, MAX_GATEWAYS, MAX_VIPS, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig,
-        OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP,
-        PTB_QUOTE, RING_SIZE, VIP_F_NO_CONNTRACK, VipKey, VipStats, VipValue, checksum_fold,
-        flow_hash, is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
+        DEFAULT_FLOW_TABLE_SIZE, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6,
+        FLOW_WAYS, FlowKey, FlowKey4, FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID,
+        GatewayValue, IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU, MAX_GATEWAYS, MAX_VIPS, NO_GATEWAY,
+        NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP,
+        PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, RING_SIZE, VIP_F_NO_CONNTRACK, VipKey,
+        VipStats, VipValue, checksum_fold, flow_bucket, flow_buckets, flow_entry,
+        flow_entry4_decode, flow_entry6_decode, flow_find, flow_hash, flow_slot, flow_table_hash,
+        is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
     },
 };
 
@@ -86,6 +91,88 @@ pub struct Outcome {
     pub reason: ExitReason,
     /// The frame as the program leaves it (the input when untouched).
     pub frame: Vec<u8>,
+}
+
+/// A connection table as the program keeps it (`FLOWS4` with `N` = 2 key words, `FLOWS6`
+/// with 5; see the connection tables in [`crate::datapath`]): buckets of [`FLOW_WAYS`]
+/// entries, kept sparse (a bucket never written is all free, as the kernel's zero-filled
+/// array).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FlowTable<const N: usize> {
+    buckets: u32,
+    slots: HashMap<u32, [[u64; N]; FLOW_WAYS]>,
+}
+
+impl<const N: usize> FlowTable<N> {
+    /// An empty table sized for `flows` entries, as the loader sizes the program's.
+    pub fn new(flows: u32) -> Self {
+        FlowTable {
+            buckets: flow_buckets(flows),
+            slots: HashMap::new(),
+        }
+    }
+
+    /// The number of buckets.
+    pub fn buckets(&self) -> u32 {
+        self.buckets
+    }
+
+    /// The gateway recorded for the flow with key words `key`.
+    pub fn find(&self, key: &[u64; N]) -> Option<u32> {
+        let hash = flow_table_hash(key);
+        let bucket = self.slots.get(&flow_bucket(hash, self.buckets))?;
+        flow_find(bucket, key, hash)
+    }
+
+    /// Records the flow with key words `key` on gateway `gw` (see [`flow_slot`]).
+    pub fn record(&mut self, key: &[u64; N], gw: u32) {
+        let hash = flow_table_hash(key);
+        let bucket = self
+            .slots
+            .entry(flow_bucket(hash, self.buckets))
+            .or_insert([[0; N]; FLOW_WAYS]);
+        let way = flow_slot(bucket, key, hash);
+        if let Some(e) = bucket.get_mut(way) {
+            *e = flow_entry(key, hash, gw);
+        }
+    }
+
+    /// The entries in use, with their bucket numbers.
+    pub fn entries(&self) -> impl Iterator<Item = (u32, &[u64; N])> {
+        self.slots.iter().flat_map(|(b, ways)| {
+            ways.iter()
+                .filter(|e| (e[N - 1] >> 32) & 0xff != 0)
+                .map(move |e| (*b, e))
+        })
+    }
+
+    /// The number of flows held.
+    pub fn len(&self) -> usize {
+        self.entries().count()
+    }
+
+    /// Whether no flow is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl FlowTable<2> {
+    /// The IPv4 flows held, by their keys.
+    pub fn flows(&self) -> HashMap<FlowKey4, FlowValue> {
+        self.entries()
+            .filter_map(|(_, e)| flow_entry4_decode(e))
+            .collect()
+    }
+}
+
+impl FlowTable<5> {
+    /// The IPv6 flows held, by their keys (family [`FAMILY_V6`]).
+    pub fn flows(&self) -> HashMap<FlowKey, FlowValue> {
+        self.entries()
+            .filter_map(|(_, e)| flow_entry6_decode(e))
+            .collect()
+    }
 }
 
 /// The contents of the data-path maps, and the model's processing of a frame against them.
@@ -102,11 +189,10 @@ pub struct Model {
     pub rings: HashMap<u32, u32>,
     /// `GATEWAYS`, `MAX_GATEWAYS` entries.
     pub gateways: Vec<GatewayValue>,
-    /// `FLOWS4`, the IPv4 connection table (the model never evicts; tests keep the flow
-    /// count below the LRU's size).
-    pub flows4: HashMap<FlowKey4, FlowValue>,
-    /// `FLOWS6`, the IPv6 connection table (keys of family [`FAMILY_V6`]).
-    pub flows6: HashMap<FlowKey, FlowValue>,
+    /// `FLOWS4`, the IPv4 connection table (evicting as the program's does).
+    pub flows4: FlowTable<2>,
+    /// `FLOWS6`, the IPv6 connection table.
+    pub flows6: FlowTable<5>,
     pub exit_stats: [StatCounter; ExitReason::COUNT as usize],
     pub vip_stats: Vec<VipStats>,
     pub gateway_stats: Vec<StatCounter>,
@@ -120,8 +206,8 @@ impl Default for Model {
             ring_select: vec![0; MAX_VIPS as usize],
             rings: HashMap::new(),
             gateways: vec![GatewayValue::default(); MAX_GATEWAYS as usize],
-            flows4: HashMap::new(),
-            flows6: HashMap::new(),
+            flows4: FlowTable::new(DEFAULT_FLOW_TABLE_SIZE),
+            flows6: FlowTable::new(DEFAULT_FLOW_TABLE_SIZE),
             exit_stats: [StatCounter::default(); ExitReason::COUNT as usize],
             vip_stats: vec![VipStats::default(); MAX_VIPS as usize],
             gateway_stats: vec![StatCounter::default(); MAX_GATEWAYS as usize],
@@ -184,6 +270,16 @@ enum Step {
 }
 
 impl Model {
+    /// An empty model whose connection tables are sized for `flows` entries each, as the
+    /// loader sizes the program's (`LoadOptions::flow_table_size`).
+    pub fn with_flow_table_size(flows: u32) -> Self {
+        Model {
+            flows4: FlowTable::new(flows),
+            flows6: FlowTable::new(flows),
+            ..Model::default()
+        }
+    }
+
     /// Writes VIP `id`'s ring copy `select` (`ring.len()` must be [`RING_SIZE`]).
     pub fn set_ring(&mut self, vip_id: u32, select: u32, ring: &[u32]) {
         for (slot, gw) in ring.iter().enumerate() {
@@ -438,19 +534,20 @@ impl Model {
 
     /// The entry of `key`'s flow in the connection table of its family.
     pub fn flow(&self, key: &FlowKey) -> Option<FlowValue> {
-        if key.family == FAMILY_V4 {
-            self.flows4.get(&FlowKey4::of(key)).copied()
+        let gateway = if key.family == FAMILY_V4 {
+            self.flows4.find(&key.words4())
         } else {
-            self.flows6.get(key).copied()
-        }
+            self.flows6.find(&key.words6())
+        }?;
+        Some(FlowValue { gateway })
     }
 
     /// Records `key`'s flow in the connection table of its family (replacing any entry).
     fn record_flow(&mut self, key: &FlowKey, value: FlowValue) {
         if key.family == FAMILY_V4 {
-            self.flows4.insert(FlowKey4::of(key), value);
+            self.flows4.record(&key.words4(), value.gateway);
         } else {
-            self.flows6.insert(*key, value);
+            self.flows6.record(&key.words6(), value.gateway);
         }
     }
 

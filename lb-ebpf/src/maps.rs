@@ -1,14 +1,15 @@
 //! The maps of the data path. Names, sizes and layouts come from `lb_common::datapath`;
 //! userspace (lb-userspace's `dataplane` module) opens them by the same names.
 use aya_ebpf::{
+    Global,
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, PerCpuArray},
 };
 use lb_common::{
     ExitReason, StatCounter,
     datapath::{
-        DEFAULT_FLOW_TABLE_SIZE, FlowKey, FlowKey4, FlowValue, GatewayValue, MAX_GATEWAYS,
-        MAX_VIPS, NodeConfig, RING_SIZE, VIP_FILTER_BITS, VIP_TABLE_SLOTS, VipSlot, VipStats,
+        DEFAULT_FLOW_TABLE_SIZE, FlowBucket4, FlowBucket6, GatewayValue, MAX_GATEWAYS, MAX_VIPS,
+        NodeConfig, RING_SIZE, VIP_FILTER_BITS, VIP_TABLE_SLOTS, VipSlot, VipStats, flow_buckets,
     },
 };
 
@@ -36,20 +37,21 @@ pub static GATEWAYS: Array<GatewayValue> = Array::with_max_entries(MAX_GATEWAYS,
 #[map(name = "NODE")]
 pub static NODE: Array<NodeConfig> = Array::with_max_entries(1, 0);
 
-/// `BPF_F_NO_COMMON_LRU`: one LRU list per CPU instead of one shared list behind a lock.
-/// A flow's packets arrive on one CPU (RSS), so its entry lives in that CPU's list; each
-/// list holds `max_entries / CPUs` flows.
-const BPF_F_NO_COMMON_LRU: u32 = 1 << 1;
+/// Buckets of each connection table: set by the loader with the tables' size
+/// (`map_names::FLOW_BUCKETS`; the default matches the compiled-in map size).
+#[unsafe(no_mangle)]
+pub static FLOW_BUCKETS: Global<u32> = Global::new(flow_buckets(DEFAULT_FLOW_TABLE_SIZE));
 
-/// The connection table of IPv4 flows, with the 16-byte key. Its size is set by the loader.
+/// The connection table of IPv4 flows: buckets of four entries (see the connection tables
+/// in `lb_common::datapath`). Its size is set by the loader.
 #[map(name = "FLOWS4")]
-pub static FLOWS4: LruHashMap<FlowKey4, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+pub static FLOWS4: Array<FlowBucket4> =
+    Array::with_max_entries(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), 0);
 
 /// The connection table of IPv6 flows. Its size is set by the loader.
 #[map(name = "FLOWS6")]
-pub static FLOWS6: LruHashMap<FlowKey, FlowValue> =
-    LruHashMap::with_max_entries(DEFAULT_FLOW_TABLE_SIZE, BPF_F_NO_COMMON_LRU);
+pub static FLOWS6: Array<FlowBucket6> =
+    Array::with_max_entries(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), 0);
 
 /// One counter per [`ExitReason`]; every exit path bumps exactly one.
 #[map(name = "EXIT_STATS")]

@@ -13,19 +13,19 @@ use lb_common::{
     ExitReason,
     datapath::{
         AddrWords, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey,
-        FlowKey4, FlowValue, GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN,
-        IPV6_HLEN, IPV6_MIN_MTU, NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL,
-        PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE,
-        VIP_F_NO_CONNTRACK, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold,
-        flow_hash, ipv4_checksum_words, is_ipv6_extension, ring_index, v4_words,
-        vip_filter_bit_words, vip_slot_hash_words, vip_tail,
+        GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU,
+        NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6,
+        PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, VIP_F_NO_CONNTRACK, VIP_PROBES,
+        VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold, flow_bucket, flow_entry,
+        flow_find, flow_hash, flow_slot, flow_table_hash, ipv4_checksum_words, is_ipv6_extension,
+        ring_index, v4_words, vip_filter_bit_words, vip_slot_hash_words, vip_tail,
     },
 };
 
 use crate::{
     maps::{
-        EXIT_STATS, FLOWS4, FLOWS6, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT, RINGS, VIP_FILTER,
-        VIP_STATS, VIPS,
+        EXIT_STATS, FLOW_BUCKETS, FLOWS4, FLOWS6, GATEWAY_STATS, GATEWAYS, NODE, RING_SELECT,
+        RINGS, VIP_FILTER, VIP_STATS, VIPS,
     },
     packet::{Span, be16_at, raw16, raw32, u8_at, v4_addr_at, v6_addr_at},
 };
@@ -319,38 +319,63 @@ fn ring_pick(vip: &VipValue, key: &FlowKey) -> u32 {
 }
 
 /// The connection table's gateway for `key` while it is `VALID`, else [`NO_GATEWAY`]:
-/// `FLOWS4` under the compact key for IPv4, `FLOWS6` for IPv6. `family` is the `Ip`'s,
-/// a constant in each family's inlined path, so each call site names one map (a site
-/// reached with either map would make the verifier fall back to the generic helper).
+/// `FLOWS4` for IPv4, `FLOWS6` for IPv6 (the bucket of the key's table hash, its four
+/// entries compared in place). `family` is the `Ip`'s, a constant in each family's
+/// inlined path, so each call site names one map and the verifier inlines the lookup.
 #[inline(always)]
 fn lookup_flow(family: u8, key: &FlowKey) -> u32 {
-    // SAFETY: the value is copied out at once; a concurrent update can at worst give a
-    // stale gateway id, which is then checked like any other.
-    let v = unsafe {
-        if family == FAMILY_V4 {
-            FLOWS4.get(FlowKey4::of(key))
-        } else {
-            FLOWS6.get(key)
+    let buckets = FLOW_BUCKETS.load();
+    let gw = if family == FAMILY_V4 {
+        let k = key.words4();
+        let hash = flow_table_hash(&k);
+        match FLOWS4.get(flow_bucket(hash, buckets)) {
+            Some(b) => flow_find(&b.ways, &k, hash),
+            None => None,
+        }
+    } else {
+        let k = key.words6();
+        let hash = flow_table_hash(&k);
+        match FLOWS6.get(flow_bucket(hash, buckets)) {
+            Some(b) => flow_find(&b.ways, &k, hash),
+            None => None,
         }
     };
-    match v {
-        Some(v) if gateway_valid(v.gateway) => v.gateway,
+    match gw {
+        Some(gw) if gateway_valid(gw) => gw,
         _ => NO_GATEWAY,
     }
 }
 
-/// Records `key`'s flow in its family's table, replacing any entry (`BPF_ANY`: a SYN of a
-/// reused 5-tuple re-picks its gateway, as the model says). A failed insert only costs the
-/// flow its pinning: the ring gives the same gateway while it is unchanged.
+/// Records `key`'s flow on gateway `gw` in its family's table, at the way `flow_slot`
+/// picks: its own entry (a SYN of a reused 5-tuple re-picks its gateway, as the model
+/// says), else a free one, else the way its hash picks (evicting that flow).
 #[inline(always)]
 fn record_flow(family: u8, key: &FlowKey, gw: u32) {
-    let value = FlowValue { gateway: gw };
-    let r = if family == FAMILY_V4 {
-        FLOWS4.insert(FlowKey4::of(key), value, 0)
+    let buckets = FLOW_BUCKETS.load();
+    if family == FAMILY_V4 {
+        let k = key.words4();
+        let hash = flow_table_hash(&k);
+        if let Some(b) = FLOWS4.get_ptr_mut(flow_bucket(hash, buckets)) {
+            // SAFETY: `b` points into the map's value, valid for the program's run; other
+            // CPUs may write the bucket at the same time (see the check byte).
+            let ways = unsafe { &mut (*b).ways };
+            let way = flow_slot(ways, &k, hash);
+            if let Some(e) = ways.get_mut(way) {
+                *e = flow_entry(&k, hash, gw);
+            }
+        }
     } else {
-        FLOWS6.insert(key, value, 0)
-    };
-    if r.is_err() {}
+        let k = key.words6();
+        let hash = flow_table_hash(&k);
+        if let Some(b) = FLOWS6.get_ptr_mut(flow_bucket(hash, buckets)) {
+            // SAFETY: as above.
+            let ways = unsafe { &mut (*b).ways };
+            let way = flow_slot(ways, &k, hash);
+            if let Some(e) = ways.get_mut(way) {
+                *e = flow_entry(&k, hash, gw);
+            }
+        }
+    }
 }
 
 #[inline(always)]

@@ -18,7 +18,7 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, Map, MapData, PerCpuArray},
+    maps::{Array, Map, MapData, PerCpuArray},
     programs::{
         TestRun, TestRunOptions, Xdp, XdpMode,
         links::{FdLink, PinnedLink},
@@ -27,9 +27,10 @@ use aya::{
 use lb_common::{
     ExitReason, StatCounter,
     datapath::{
-        FlowKey, FlowKey4, FlowValue, GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_SIZE,
-        VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey, VipSlot, VipStats, VipValue, map_names,
-        vip_filter_bit, vip_slot_hash,
+        FlowBucket4, FlowBucket6, FlowKey, FlowKey4, FlowValue, GatewayValue, MAX_GATEWAYS,
+        MAX_VIPS, NodeConfig, RING_SIZE, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey,
+        VipSlot, VipStats, VipValue, flow_buckets, flow_entry4_decode, flow_entry6_decode,
+        map_names, vip_filter_bit, vip_slot_hash,
     },
 };
 
@@ -169,11 +170,11 @@ impl ExitStats {
 /// Sizes chosen at load time.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoadOptions {
-    /// Entries of each of the two LRU connection tables, `FLOWS4` and `FLOWS6`: the data
-    /// path keeps up to this many IPv4 flows and, separately, as many IPv6 flows. Kernel
-    /// memory, allocated at load: about 90 bytes per IPv4 entry and 110 per IPv6 entry,
-    /// hash buckets included (about 200 bytes per unit of this size; see
-    /// docs/datapath.md).
+    /// Entries of each of the two connection tables, `FLOWS4` and `FLOWS6` (rounded up to
+    /// whole buckets of four): the data path keeps up to this many IPv4 flows and,
+    /// separately, as many IPv6 flows. Kernel memory, allocated at load: 16 bytes per IPv4
+    /// entry and 40 per IPv6 entry (56 bytes per unit of this size; see docs/datapath.md).
+    /// At least 1.
     pub flow_table_size: u32,
 }
 
@@ -222,9 +223,11 @@ impl Dataplane {
 
     /// Loads [`LB_XDP_OBJECT`] with the given sizes.
     pub fn load_with(opts: &LoadOptions) -> Result<Self> {
+        let buckets = flow_buckets(opts.flow_table_size.max(1));
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(map_names::FLOWS4, opts.flow_table_size)
-            .map_max_entries(map_names::FLOWS6, opts.flow_table_size)
+            .map_max_entries(map_names::FLOWS4, buckets)
+            .map_max_entries(map_names::FLOWS6, buckets)
+            .override_global(map_names::FLOW_BUCKETS, &buckets, true)
             .load(LB_XDP_OBJECT)
             .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         xdp_program(&mut ebpf, LB_PROGRAM)?
@@ -471,24 +474,29 @@ impl Dataplane {
         Ok(all)
     }
 
-    /// The entries of the IPv4 connection table, `FLOWS4`, by their compact keys.
+    /// The flows of the IPv4 connection table, `FLOWS4`, by their compact keys (reads
+    /// every bucket: one system call each).
     pub fn flows4(&self) -> Result<Vec<(FlowKey4, FlowValue)>> {
         let name = map_names::FLOWS4;
-        let m = BpfHashMap::<_, FlowKey4, FlowValue>::try_from(self.map(name)?)
-            .map_err(map_err(name))?;
-        m.iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(map_err(name))
+        let a = Array::<_, FlowBucket4>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut flows = Vec::new();
+        for bucket in a.iter() {
+            let bucket = bucket.map_err(map_err(name))?;
+            flows.extend(bucket.ways.iter().filter_map(flow_entry4_decode));
+        }
+        Ok(flows)
     }
 
-    /// The entries of the IPv6 connection table, `FLOWS6`.
+    /// The flows of the IPv6 connection table, `FLOWS6`.
     pub fn flows6(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
         let name = map_names::FLOWS6;
-        let m = BpfHashMap::<_, FlowKey, FlowValue>::try_from(self.map(name)?)
-            .map_err(map_err(name))?;
-        m.iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(map_err(name))
+        let a = Array::<_, FlowBucket6>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let mut flows = Vec::new();
+        for bucket in a.iter() {
+            let bucket = bucket.map_err(map_err(name))?;
+            flows.extend(bucket.ways.iter().filter_map(flow_entry6_decode));
+        }
+        Ok(flows)
     }
 
     /// Per-VIP counters of `vip_id`, summed over CPUs.

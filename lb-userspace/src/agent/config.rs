@@ -520,8 +520,8 @@ pub struct XdpConfig {
     pub flow_table_size: u32,
 }
 
-/// Bounds of `[xdp] flow_table_size`: a table holds at least a few flows per CPU (one LRU
-/// list per CPU), and at most what ~3 GiB of kernel memory holds (both tables).
+/// Bounds of `[xdp] flow_table_size`: at least 256 buckets of four, and at most 896 MiB of
+/// kernel memory (both tables, 56 bytes per unit).
 pub const FLOW_TABLE_SIZE_MIN: u32 = 1024;
 pub const FLOW_TABLE_SIZE_MAX: u32 = 16 * 1024 * 1024;
 

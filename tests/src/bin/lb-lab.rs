@@ -145,9 +145,10 @@ fn step(text: &str) {
 /// needs, and unusual, so that the demo can find the agents' tables among the kernel's maps.
 const DEMO_FLOW_TABLE: u32 = 49_152;
 
-/// Connection tables (`FLOWS4`, `FLOWS6`) of `entries` entries among the kernel's maps
-/// (`bpftool -j map show`), by name.
+/// Connection tables (`FLOWS4`, `FLOWS6`) sized for `entries` flows (arrays of
+/// `flow_buckets(entries)` buckets) among the kernel's maps (`bpftool -j map show`), by name.
 fn flow_tables_of_size(entries: u32) -> anyhow::Result<(usize, usize)> {
+    let buckets = lb_common::datapath::flow_buckets(entries);
     let out = std::process::Command::new("bpftool")
         .args(["-j", "map", "show"])
         .output()
@@ -157,7 +158,11 @@ fn flow_tables_of_size(entries: u32) -> anyhow::Result<(usize, usize)> {
         serde_json::from_slice(&out.stdout).context("bpftool's JSON")?;
     let count = |name: &str| {
         maps.iter()
-            .filter(|m| m["name"] == name && m["max_entries"].as_u64() == Some(u64::from(entries)))
+            .filter(|m| {
+                m["name"] == name
+                    && m["type"] == "array"
+                    && m["max_entries"].as_u64() == Some(u64::from(buckets))
+            })
             .count()
     };
     Ok((count("FLOWS4"), count("FLOWS6")))
@@ -262,7 +267,8 @@ fn demo(prefix: &str, keep: bool) -> anyhow::Result<()> {
     print!("{}", lbctl("node1", &["status"])?);
     let (v4, v6) = flow_tables_of_size(DEMO_FLOW_TABLE)?;
     println!(
-        "connection tables in the kernel: {v4} x FLOWS4 and {v6} x FLOWS6 of {DEMO_FLOW_TABLE} entries ([xdp] flow_table_size)"
+        "connection tables in the kernel: {v4} x FLOWS4 and {v6} x FLOWS6 of {DEMO_FLOW_TABLE} entries ([xdp] flow_table_size; {} buckets of four)",
+        lb_common::datapath::flow_buckets(DEMO_FLOW_TABLE)
     );
     anyhow::ensure!(
         v4 >= 3 && v6 >= 3,
