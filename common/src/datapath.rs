@@ -40,7 +40,8 @@ pub const DEFAULT_FLOW_TABLE_SIZE: u32 = 1_048_576;
 /// Entries per bucket of the connection tables.
 pub const FLOW_WAYS: usize = 4;
 /// The bits of a stored entry's last word that belong to the key: ports (bits 0-31) and
-/// protocol (32-39). Bits 40-47 hold the entry's check byte, 48-63 its gateway id.
+/// protocol (32-39). Bits 40-47 hold the entry's check byte, 48-57 its gateway id, 63 its
+/// referenced bit ([`FLOW_REF`]).
 pub const FLOW_TAIL_KEY_MASK: u64 = 0xff_ffff_ffff;
 /// A ring slot or flow entry that names no gateway.
 pub const NO_GATEWAY: u32 = u32::MAX;
@@ -330,9 +331,11 @@ pub struct FlowValue {
 // An entry is the flow's key words (`FlowKey::words4` / `words6`), whose last word also
 // holds a check byte and the gateway id. An entry is free when its protocol byte is 0 (a
 // key's protocol is TCP or UDP). A flow is recorded in its own entry if the bucket has
-// one, else in the first free entry, else over the entry its hash picks (eviction: the
-// evicted flow is looked up on the ring again on its next packet, which gives the same
-// gateway unless the ring changed meanwhile).
+// one, else in the first free entry, else over an entry chosen by second chance (CLOCK,
+// the approximation of LRU the kernel's LRU maps use too): hits mark entries referenced,
+// and an eviction passes over referenced entries, clearing the mark. The evicted flow goes
+// to the ring again on its next packet, which gives the same gateway unless the ring
+// changed meanwhile.
 //
 // Entries are shared by all CPUs and written without a lock (two or five 8-byte stores).
 // A reader racing with a writer of the same entry could see words of two flows; the check
@@ -405,19 +408,27 @@ pub fn flow_bucket(hash: u32, buckets: u32) -> u32 {
     ((u64::from(hash) * u64::from(buckets)) >> 32) as u32
 }
 
+/// Bit of a stored entry's last word set when a packet found the entry (the "referenced"
+/// bit of a second-chance, or CLOCK, replacement: an evicting write passes over entries
+/// that have it, clearing it, and takes the first that has not).
+pub const FLOW_REF: u64 = 1 << 63;
+/// Gateway ids in an entry: bits 48-57 of its last word.
+const FLOW_GW_MASK: u64 = 0x3ff;
+const _: () = assert!(MAX_GATEWAYS as u64 - 1 == FLOW_GW_MASK);
+
 /// The stored entry of a flow with key words `key` and table hash `hash` on gateway `gw`
-/// (an id below [`MAX_GATEWAYS`], so it fits the entry's 16 bits).
+/// (an id below [`MAX_GATEWAYS`], so it fits the entry's 10 bits), not referenced yet.
 #[inline(always)]
 pub fn flow_entry<const N: usize>(key: &[u64; N], hash: u32, gw: u32) -> [u64; N] {
     let mut e = *key;
     e[N - 1] = (key[N - 1] & FLOW_TAIL_KEY_MASK)
         | (u64::from(hash & 0xff) << 40)
-        | (u64::from(gw & 0xffff) << 48);
+        | ((u64::from(gw) & FLOW_GW_MASK) << 48);
     e
 }
 
-/// Whether entry `e` holds the flow with key words `key` (its key part; the check byte
-/// and gateway aside).
+/// Whether entry `e` holds the flow with key words `key` (its key part; the check byte,
+/// gateway and referenced bit aside).
 #[inline(always)]
 fn same_key<const N: usize>(e: &[u64; N], key: &[u64; N]) -> bool {
     let mut same = e[N - 1] & FLOW_TAIL_KEY_MASK == key[N - 1];
@@ -429,37 +440,59 @@ fn same_key<const N: usize>(e: &[u64; N], key: &[u64; N]) -> bool {
     same
 }
 
-/// The gateway recorded for the flow with key words `key` and table hash `hash` in
-/// `ways` (its bucket), if an entry holds it whole (key and check byte).
+/// The gateway an entry's last word names.
 #[inline(always)]
-pub fn flow_find<const N: usize>(
-    ways: &[[u64; N]; FLOW_WAYS],
+fn entry_gateway(last: u64) -> u32 {
+    ((last >> 48) & FLOW_GW_MASK) as u32
+}
+
+/// Looks up the flow with key words `key` and table hash `hash` in `ways` (its bucket):
+/// its gateway if an entry holds it whole (key and check byte). A hit marks the entry
+/// referenced ([`FLOW_REF`]; written only when not set yet, so a busy flow's entry is
+/// written once per eviction sweep, not per packet).
+#[inline(always)]
+pub fn flow_lookup<const N: usize>(
+    ways: &mut [[u64; N]; FLOW_WAYS],
     key: &[u64; N],
     hash: u32,
 ) -> Option<u32> {
     let mut i = 0;
     while i < FLOW_WAYS {
-        let e = &ways[i];
+        let e = ways[i];
         let last = e[N - 1];
-        if same_key(e, key) && (last >> 40) & 0xff == u64::from(hash & 0xff) {
-            return Some((last >> 48) as u32);
+        if same_key(&e, key) && (last >> 40) & 0xff == u64::from(hash & 0xff) {
+            if last & FLOW_REF == 0 {
+                ways[i][N - 1] = last | FLOW_REF;
+            }
+            return Some(entry_gateway(last));
         }
         i += 1;
     }
     None
 }
 
-/// The way of `ways` (its bucket) that the flow with key words `key` and table hash `hash`
-/// is recorded in: the entry that holds its key, else the first free entry, else (the
-/// bucket is full) the way bits 8-9 of its hash pick, whose flow is evicted.
+/// Records the flow with key words `key` and table hash `hash` on gateway `gw` in `ways`
+/// (its bucket): over the entry that holds its key if there is one (a SYN of a reused
+/// 5-tuple re-picks its gateway), else in the first free entry, else (the bucket is full)
+/// by second chance: starting at the way bits 8-9 of its hash pick, referenced entries are
+/// passed over and lose their referenced bit, and the first unreferenced one is evicted
+/// (the starting one if all four were referenced). Flows that see packets thus outlive
+/// flows that do not (a flood of SYNs evicts its own entries first).
 #[inline(always)]
-pub fn flow_slot<const N: usize>(ways: &[[u64; N]; FLOW_WAYS], key: &[u64; N], hash: u32) -> usize {
+pub fn flow_record<const N: usize>(
+    ways: &mut [[u64; N]; FLOW_WAYS],
+    key: &[u64; N],
+    hash: u32,
+    gw: u32,
+) {
+    let entry = flow_entry(key, hash, gw);
     let mut free = FLOW_WAYS;
     let mut i = 0;
     while i < FLOW_WAYS {
-        let e = &ways[i];
-        if same_key(e, key) {
-            return i;
+        let e = ways[i];
+        if same_key(&e, key) {
+            ways[i] = entry;
+            return;
         }
         if free == FLOW_WAYS && (e[N - 1] >> 32) & 0xff == 0 {
             free = i;
@@ -467,10 +500,23 @@ pub fn flow_slot<const N: usize>(ways: &[[u64; N]; FLOW_WAYS], key: &[u64; N], h
         i += 1;
     }
     if free < FLOW_WAYS {
-        free
-    } else {
-        ((hash >> 8) & (FLOW_WAYS as u32 - 1)) as usize
+        ways[free] = entry;
+        return;
     }
+    let start = (hash >> 8) as usize;
+    let mut victim = start & (FLOW_WAYS - 1);
+    let mut j = 0;
+    while j < FLOW_WAYS {
+        let w = (start + j) & (FLOW_WAYS - 1);
+        let last = ways[w][N - 1];
+        if last & FLOW_REF == 0 {
+            victim = w;
+            break;
+        }
+        ways[w][N - 1] = last & !FLOW_REF;
+        j += 1;
+    }
+    ways[victim & (FLOW_WAYS - 1)] = entry;
 }
 
 /// The flow an IPv4 table entry holds, if the entry is in use and whole (check byte).
@@ -484,7 +530,7 @@ pub fn flow_entry4_decode(e: &[u64; 2]) -> Option<(FlowKey4, FlowValue)> {
     (used && whole).then_some((
         k,
         FlowValue {
-            gateway: (e[1] >> 48) as u32,
+            gateway: entry_gateway(e[1]),
         },
     ))
 }
@@ -502,7 +548,7 @@ pub fn flow_entry6_decode(e: &[u64; 5]) -> Option<(FlowKey, FlowValue)> {
     (used && whole).then_some((
         k,
         FlowValue {
-            gateway: (e[4] >> 48) as u32,
+            gateway: entry_gateway(e[4]),
         },
     ))
 }

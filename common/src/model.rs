@@ -40,14 +40,14 @@
 //!    [`VIP_F_NO_CONNTRACK`] or the packet is a TCP SYN without ACK, the connection table of
 //!    the packet's family is consulted (IPv4: `FLOWS4` under [`FlowKey::words4`]; IPv6:
 //!    `FLOWS6` under [`FlowKey::words6`]; a [`FlowTable`] each: the bucket of the key's
-//!    [`flow_table_hash`], an entry whose key and check byte match, [`flow_find`]); a hit
-//!    whose gateway is still `VALID` keeps that gateway. Otherwise the gateway is
+//!    [`flow_table_hash`], an entry whose key and check byte match, which the hit marks
+//!    referenced, [`flow_lookup`]); a hit whose gateway is still `VALID` keeps that gateway. Otherwise the gateway is
 //!    `ring[flow_hash % RING_SIZE]` of the VIP's active ring copy ([`flow_hash`] of the
 //!    [`FlowKey`], either family); it must be a `VALID` gateway (else `drop_no_gateway`);
 //!    the VIP's `new_flows` counts it and the flow is recorded in its family's table
-//!    (unless `NO_CONNTRACK`) at the way [`flow_slot`] picks: its own entry (a SYN of a
-//!    reused 5-tuple re-picks its gateway), else the first free one, else the way its hash
-//!    picks, evicting that flow.
+//!    (unless `NO_CONNTRACK`) as [`flow_record`] says: over its own entry (a SYN of a reused
+//!    5-tuple re-picks its gateway), else in the first free one, else over the entry second
+//!    chance picks, evicting that flow.
 //! 8. **Forward.** A `LOCAL` gateway: `local` (passed untouched). Otherwise the packet is encapsulated ([`outer_ipv4`] /
 //!    [`outer_ipv6`]) behind a new Ethernet header (destination = the gateway's next-hop
 //!    MAC, source = this node's MAC, the input's VLAN tag kept) and transmitted: `tx`.
@@ -79,8 +79,8 @@ use crate::{
         GatewayValue, IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU, MAX_GATEWAYS, MAX_VIPS, NO_GATEWAY,
         NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6, PROTO_IPIP,
         PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, RING_SIZE, VIP_F_NO_CONNTRACK, VipKey,
-        VipStats, VipValue, checksum_fold, flow_bucket, flow_buckets, flow_entry,
-        flow_entry4_decode, flow_entry6_decode, flow_find, flow_hash, flow_slot, flow_table_hash,
+        VipStats, VipValue, checksum_fold, flow_bucket, flow_buckets, flow_entry4_decode,
+        flow_entry6_decode, flow_hash, flow_lookup, flow_record, flow_table_hash,
         is_ipv6_extension, outer_ipv4, outer_ipv6, ring_index, v4_field, v4_of,
     },
 };
@@ -117,24 +117,30 @@ impl<const N: usize> FlowTable<N> {
         self.buckets
     }
 
-    /// The gateway recorded for the flow with key words `key`.
+    /// The gateway recorded for the flow with key words `key`, without marking its entry
+    /// referenced (for tests and diagnostics; the data path uses [`FlowTable::lookup`]).
     pub fn find(&self, key: &[u64; N]) -> Option<u32> {
         let hash = flow_table_hash(key);
-        let bucket = self.slots.get(&flow_bucket(hash, self.buckets))?;
-        flow_find(bucket, key, hash)
+        let mut bucket = *self.slots.get(&flow_bucket(hash, self.buckets))?;
+        flow_lookup(&mut bucket, key, hash)
     }
 
-    /// Records the flow with key words `key` on gateway `gw` (see [`flow_slot`]).
+    /// The data path's lookup: the gateway recorded for the flow with key words `key`,
+    /// marking its entry referenced (see [`flow_lookup`]).
+    pub fn lookup(&mut self, key: &[u64; N]) -> Option<u32> {
+        let hash = flow_table_hash(key);
+        let bucket = self.slots.get_mut(&flow_bucket(hash, self.buckets))?;
+        flow_lookup(bucket, key, hash)
+    }
+
+    /// Records the flow with key words `key` on gateway `gw` (see [`flow_record`]).
     pub fn record(&mut self, key: &[u64; N], gw: u32) {
         let hash = flow_table_hash(key);
         let bucket = self
             .slots
             .entry(flow_bucket(hash, self.buckets))
             .or_insert([[0; N]; FLOW_WAYS]);
-        let way = flow_slot(bucket, key, hash);
-        if let Some(e) = bucket.get_mut(way) {
-            *e = flow_entry(key, hash, gw);
-        }
+        flow_record(bucket, key, hash, gw);
     }
 
     /// The entries in use, with their bucket numbers.
@@ -557,10 +563,15 @@ impl Model {
     }
 
     /// The connection table's gateway for `key` while that gateway is still `VALID`,
-    /// else [`NO_GATEWAY`].
-    fn lookup_flow(&self, key: &FlowKey) -> u32 {
-        match self.flow(key) {
-            Some(v) if self.gateway_valid(v.gateway) => v.gateway,
+    /// else [`NO_GATEWAY`]. A hit marks the entry referenced, valid gateway or not.
+    fn lookup_flow(&mut self, key: &FlowKey) -> u32 {
+        let gw = if key.family == FAMILY_V4 {
+            self.flows4.lookup(&key.words4())
+        } else {
+            self.flows6.lookup(&key.words6())
+        };
+        match gw {
+            Some(gw) if self.gateway_valid(gw) => gw,
             _ => NO_GATEWAY,
         }
     }

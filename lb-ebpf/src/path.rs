@@ -17,8 +17,9 @@ use lb_common::{
         NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6,
         PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, VIP_F_NO_CONNTRACK, VIP_PROBES,
         VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold, flow_bucket, flow_entry,
-        flow_find, flow_hash, flow_slot, flow_table_hash, ipv4_checksum_words, is_ipv6_extension,
-        ring_index, v4_words, vip_filter_bit_words, vip_slot_hash_words, vip_tail,
+        flow_hash, flow_lookup, flow_record, flow_table_hash, ipv4_checksum_words,
+        is_ipv6_extension, ring_index, v4_words, vip_filter_bit_words, vip_slot_hash_words,
+        vip_tail,
     },
 };
 
@@ -320,23 +321,26 @@ fn ring_pick(vip: &VipValue, key: &FlowKey) -> u32 {
 
 /// The connection table's gateway for `key` while it is `VALID`, else [`NO_GATEWAY`]:
 /// `FLOWS4` for IPv4, `FLOWS6` for IPv6 (the bucket of the key's table hash, its four
-/// entries compared in place). `family` is the `Ip`'s, a constant in each family's
-/// inlined path, so each call site names one map and the verifier inlines the lookup.
+/// entries compared in place; a hit marks its entry referenced). `family` is the `Ip`'s,
+/// a constant in each family's inlined path, so each call site names one map and the
+/// verifier inlines the lookup.
 #[inline(always)]
 fn lookup_flow(family: u8, key: &FlowKey) -> u32 {
     let buckets = FLOW_BUCKETS.load();
+    // SAFETY (both): the pointer is into the map's value, valid for the program's run;
+    // other CPUs may write the bucket at the same time (see the check byte).
     let gw = if family == FAMILY_V4 {
         let k = key.words4();
         let hash = flow_table_hash(&k);
-        match FLOWS4.get(flow_bucket(hash, buckets)) {
-            Some(b) => flow_find(&b.ways, &k, hash),
+        match FLOWS4.get_ptr_mut(flow_bucket(hash, buckets)) {
+            Some(b) => flow_lookup(unsafe { &mut (*b).ways }, &k, hash),
             None => None,
         }
     } else {
         let k = key.words6();
         let hash = flow_table_hash(&k);
-        match FLOWS6.get(flow_bucket(hash, buckets)) {
-            Some(b) => flow_find(&b.ways, &k, hash),
+        match FLOWS6.get_ptr_mut(flow_bucket(hash, buckets)) {
+            Some(b) => flow_lookup(unsafe { &mut (*b).ways }, &k, hash),
             None => None,
         }
     };
@@ -346,34 +350,24 @@ fn lookup_flow(family: u8, key: &FlowKey) -> u32 {
     }
 }
 
-/// Records `key`'s flow on gateway `gw` in its family's table, at the way `flow_slot`
-/// picks: its own entry (a SYN of a reused 5-tuple re-picks its gateway, as the model
-/// says), else a free one, else the way its hash picks (evicting that flow).
+/// Records `key`'s flow on gateway `gw` in its family's table, as `flow_record` says:
+/// over its own entry (a SYN of a reused 5-tuple re-picks its gateway), else in a free
+/// one, else over the entry second chance picks (evicting that flow).
 #[inline(always)]
 fn record_flow(family: u8, key: &FlowKey, gw: u32) {
     let buckets = FLOW_BUCKETS.load();
+    // SAFETY (both): as in `lookup_flow`.
     if family == FAMILY_V4 {
         let k = key.words4();
         let hash = flow_table_hash(&k);
         if let Some(b) = FLOWS4.get_ptr_mut(flow_bucket(hash, buckets)) {
-            // SAFETY: `b` points into the map's value, valid for the program's run; other
-            // CPUs may write the bucket at the same time (see the check byte).
-            let ways = unsafe { &mut (*b).ways };
-            let way = flow_slot(ways, &k, hash);
-            if let Some(e) = ways.get_mut(way) {
-                *e = flow_entry(&k, hash, gw);
-            }
+            flow_record(unsafe { &mut (*b).ways }, &k, hash, gw);
         }
     } else {
         let k = key.words6();
         let hash = flow_table_hash(&k);
         if let Some(b) = FLOWS6.get_ptr_mut(flow_bucket(hash, buckets)) {
-            // SAFETY: as above.
-            let ways = unsafe { &mut (*b).ways };
-            let way = flow_slot(ways, &k, hash);
-            if let Some(e) = ways.get_mut(way) {
-                *e = flow_entry(&k, hash, gw);
-            }
+            flow_record(unsafe { &mut (*b).ways }, &k, hash, gw);
         }
     }
 }
