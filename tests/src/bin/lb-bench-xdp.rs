@@ -10,7 +10,8 @@
 //! Cases: the floor; non-VIP pass; TCP SYN (a new flow: every call a distinct 5-tuple)
 //! IPv4 and IPv6; TCP ACK hitting the connection table (one flow) IPv4 and IPv6; TCP ACK
 //! over 1,000,000 established flows (the table filled by the IPv4 SYN case, the ACKs
-//! cycling through all of them).
+//! cycling through all of them). Then, for context, the machine's latency of one random
+//! memory access over working sets of the tables' sizes (pointer chasing from user space).
 use std::{
     io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
@@ -20,7 +21,10 @@ use std::{
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
-use lb_common::ExitReason;
+use lb_common::{
+    ExitReason,
+    datapath::{FlowBucket4, FlowBucket6, flow_buckets},
+};
 use lb_tests::{
     frames::{TCP_ACK, TCP_SYN, tcp4, tcp6},
     xdp::{Harness, standard, std_state::*},
@@ -71,6 +75,43 @@ struct Report {
     cpu: usize,
     flow_table_size: u32,
     cases: Vec<Case>,
+    /// The machine's cost of one dependent random memory access over a working set of the
+    /// given size, from user space (context for the new-flow and 1M-flow cases, each of
+    /// which touches one random bucket of a table this big).
+    memory_latency: Vec<MemoryLatency>,
+}
+
+#[derive(Debug, Serialize)]
+struct MemoryLatency {
+    bytes: u64,
+    ns_per_access: f64,
+}
+
+/// Nanoseconds per dependent load over `bytes` of memory: one 8-byte word per 64-byte
+/// line, the lines linked in one random cycle (pointer chasing, so no access can start
+/// before the previous one ends), walked `accesses` times after one warm-up lap.
+fn memory_latency(bytes: u64, accesses: u32) -> f64 {
+    use rand::{SeedableRng as _, seq::SliceRandom as _};
+    let lines = (bytes / 64).max(2) as usize;
+    let mut order: Vec<usize> = (0..lines).collect();
+    order.shuffle(&mut rand::rngs::SmallRng::seed_from_u64(
+        0x006c_6174_656e_6379,
+    ));
+    let mut next = vec![0usize; lines * 8];
+    for (i, line) in order.iter().enumerate() {
+        next[line * 8] = order[(i + 1) % lines] * 8;
+    }
+    let mut p = order[0] * 8;
+    for _ in 0..lines {
+        p = next[p];
+    }
+    let start = Instant::now();
+    for _ in 0..accesses {
+        p = next[p];
+    }
+    let ns = start.elapsed().as_nanos() as f64 / f64::from(accesses);
+    std::hint::black_box(p);
+    ns
 }
 
 /// The `i`-th distinct client of the new-flow and big-table cases.
@@ -296,11 +337,36 @@ fn main() -> anyhow::Result<()> {
             c.name, c.mean_ns, c.net_ns, c.wall_ns, target
         )?;
     }
+    // The 1M-flow ACKs and new flows each touch one random bucket; what one random access
+    // costs at the tables' sizes says how much of their time is the memory's.
+    let bytes4 = u64::from(flow_buckets(table)) * size_of::<FlowBucket4>() as u64;
+    let bytes6 = u64::from(flow_buckets(table)) * size_of::<FlowBucket6>() as u64;
+    let mut memory = Vec::new();
+    for bytes in [4 << 20, 16 << 20, bytes4, bytes6] {
+        let ns = memory_latency(bytes, 2_000_000);
+        writeln!(
+            out,
+            "memory: one random access over {:>4} MiB{}: {ns:.1} ns",
+            bytes >> 20,
+            if bytes == bytes4 {
+                " (the IPv4 table)"
+            } else if bytes == bytes6 {
+                " (the IPv6 table)"
+            } else {
+                ""
+            }
+        )?;
+        memory.push(MemoryLatency {
+            bytes,
+            ns_per_access: ns,
+        });
+    }
     let report = Report {
         kernel,
         cpu: args.cpu,
         flow_table_size: table,
         cases,
+        memory_latency: memory,
     };
     if let Some(path) = args.json {
         std::fs::write(&path, serde_json::to_vec_pretty(&report)?)
