@@ -488,6 +488,12 @@ async fn watch_connection(
     idle_timeout: Duration,
 ) {
     let mut shutdown_seen = *shutdown.borrow();
+    if shutdown_seen {
+        // The gateway began to drain between the connection's start and this task's first
+        // poll (a spawned task may wait for its worker): `changed()` will not fire for that.
+        // A connection that saw the drain itself ignores the repeat.
+        control.send(Command::Graceful);
+    }
     loop {
         tokio::select! {
             // Err: the gateway is gone; either way the connection is to close.
