@@ -35,6 +35,7 @@ use crate::server::Shared;
 use crate::snapshot::Snapshot;
 use crate::trace::TRACEPARENT;
 use crate::upstream::client::ConnectionUses;
+use crate::upstream::h1::UpstreamBody;
 use crate::upstream::pool::{Lease, SendError};
 use crate::upstream::{AttemptOutcome, Member, Upstream};
 
@@ -390,6 +391,19 @@ async fn forward(
     } else {
         Version::HTTP_11
     };
+    // Requests that the own HTTP/1.1 client carries (see `upstream::h1`): to a plain HTTP/1.1
+    // pool, body in memory, no upgrade, no `CONNECT`, no framing set by the route's header
+    // operations. The others go through hyper.
+    let in_memory = match (&up.pool, &upgrade) {
+        (Some(_), None)
+            if parts.method != Method::CONNECT
+                && !headers.contains_key(header::CONTENT_LENGTH)
+                && !headers.contains_key(header::TRANSFER_ENCODING) =>
+        {
+            body.in_memory()
+        }
+        _ => None,
+    };
     let metrics = &shared.metrics;
     let name = cfg.name.as_str();
     let start = Instant::now();
@@ -419,27 +433,39 @@ async fn forward(
         if let Some(log) = log {
             log.set_member(member, attempt);
         }
-        let authority = member.authority.clone().ok_or_else(|| {
-            ProxyError::Internal(format!(
+        let Some(authority) = &member.authority else {
+            return Err(ProxyError::Internal(format!(
                 "member address `{}` is no authority",
                 member.address
-            ))
-        })?;
-        let uri = Uri::builder()
-            .scheme(scheme.clone())
-            .authority(authority)
-            .path_and_query(path_and_query.clone())
-            .build()
-            .map_err(|_| ProxyError::Internal("cannot build the upstream URI".into()))?;
-        let mut upstream_req = Request::new(body.attempt());
-        *upstream_req.method_mut() = parts.method.clone();
-        *upstream_req.uri_mut() = uri;
-        *upstream_req.version_mut() = version;
+            )));
+        };
         // The last possible attempt takes the headers; earlier ones copy them.
-        *upstream_req.headers_mut() = if attempt > cfg.retry.max_retries {
+        let attempt_headers = if attempt > cfg.retry.max_retries {
             std::mem::take(&mut headers)
         } else {
             headers.clone()
+        };
+        let upstream_req = match &in_memory {
+            Some(bytes) => AttemptRequest::H1 {
+                method: &parts.method,
+                path_and_query: &path_and_query,
+                headers: attempt_headers,
+                body: bytes,
+            },
+            None => {
+                let uri = Uri::builder()
+                    .scheme(scheme.clone())
+                    .authority(authority.clone())
+                    .path_and_query(path_and_query.clone())
+                    .build()
+                    .map_err(|_| ProxyError::Internal("cannot build the upstream URI".into()))?;
+                let mut req = Request::new(body.attempt());
+                *req.method_mut() = parts.method.clone();
+                *req.uri_mut() = uri;
+                *req.version_mut() = version;
+                *req.headers_mut() = attempt_headers;
+                AttemptRequest::Hyper(req)
+            }
         };
         let in_flight = member.start();
         let remaining = deadline.saturating_duration_since(now);
@@ -586,22 +612,70 @@ enum AttemptError {
     Request(Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// Sends one attempt to `member`: through the upstream's HTTP/1.1 pool when it has one, else
-/// through its pooled hyper-util client. Returns the response head, whether the connection
-/// was reused, and the pool lease to hold until the response body ends. `now` is the
-/// attempt's start (it tells the pool which idle connections have expired).
+/// The request of one attempt, for either client.
+enum AttemptRequest<'a> {
+    /// Through hyper (the pool's or the upstream's client).
+    Hyper(Request<RequestBody>),
+    /// Through the pool's own HTTP/1.1 client (body in memory).
+    H1 {
+        method: &'a Method,
+        path_and_query: &'a PathAndQuery,
+        headers: HeaderMap,
+        body: &'a bytes::Bytes,
+    },
+}
+
+/// Sends one attempt to `member`: through the upstream's HTTP/1.1 pool when it has one (its
+/// own client for requests with the body in memory, else hyper), else through its pooled
+/// hyper-util client. Returns the response head, whether the connection was reused, and the
+/// pool lease to hold until the response body ends (the own client's body hands its
+/// connection back itself). `now` is the attempt's start (it tells the pool which idle
+/// connections have expired).
 async fn send_attempt(
     up: &Upstream,
     member: &Arc<Member>,
-    req: Request<RequestBody>,
+    req: AttemptRequest<'_>,
     now: Instant,
-) -> Result<(Response<Incoming>, bool, Option<Lease>), AttemptError> {
+) -> Result<(Response<UpstreamBody>, bool, Option<Lease>), AttemptError> {
+    let send_error = |e| match e {
+        SendError::Connect(e) => AttemptError::Connect(e),
+        SendError::Request(e) => AttemptError::Request(e),
+    };
+    let req = match req {
+        AttemptRequest::Hyper(req) => req,
+        AttemptRequest::H1 {
+            method,
+            path_and_query,
+            headers,
+            body,
+        } => {
+            let (Some(pool), Some(authority)) = (&up.pool, &member.authority) else {
+                return Err(AttemptError::Request(
+                    "no HTTP/1.1 pool for this upstream".into(),
+                ));
+            };
+            let (res, reused) = pool
+                .send_h1(
+                    member,
+                    authority,
+                    method,
+                    path_and_query,
+                    headers,
+                    body,
+                    now,
+                )
+                .await
+                .map_err(send_error)?;
+            return Ok((res.map(UpstreamBody::H1), reused, None));
+        }
+    };
     if let (Some(pool), Some(authority)) = (&up.pool, &member.authority) {
-        return match pool.send(member, authority, req, now).await {
-            Ok((res, reused, lease)) => Ok((res, reused, Some(lease))),
-            Err(SendError::Connect(e)) => Err(AttemptError::Connect(e)),
-            Err(SendError::Request(e)) => Err(AttemptError::Request(Box::new(e))),
-        };
+        // Boxed: this path is rare (streamed bodies, upgrades), and its future inline would
+        // enlarge every request's future, which is moved (copied) whole.
+        let (res, reused, lease) = Box::pin(pool.send(member, authority, req, now))
+            .await
+            .map_err(send_error)?;
+        return Ok((res.map(UpstreamBody::Hyper), reused, Some(lease)));
     }
     match up.client.request(req).await {
         Ok(res) => {
@@ -609,7 +683,7 @@ async fn send_attempt(
                 .extensions()
                 .get::<ConnectionUses>()
                 .is_some_and(ConnectionUses::record);
-            Ok((res, reused, None))
+            Ok((res.map(UpstreamBody::Hyper), reused, None))
         }
         Err(e) if e.is_connect() => Err(AttemptError::Connect(Box::new(e))),
         Err(e) => Err(AttemptError::Request(Box::new(e))),

@@ -118,6 +118,15 @@ impl RequestBodySource {
         }
     }
 
+    /// The whole body when it is in memory (empty or buffered); `None` when it streams.
+    pub fn in_memory(&self) -> Option<Bytes> {
+        match self {
+            Self::Empty => Some(Bytes::new()),
+            Self::Buffered(b) => Some(b.clone()),
+            Self::Streaming(_) => None,
+        }
+    }
+
     /// Whether another attempt can send the body: always when it was buffered; for a streamed
     /// body only while no attempt has taken it.
     pub fn replayable(&self) -> bool {

@@ -33,7 +33,7 @@ pub type UpstreamClient = Client<CountingConnector, RequestBody>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Number of responses received on one connection so far; the first is not a reuse.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct ConnectionUses(Arc<AtomicU64>);
 
 impl ConnectionUses {
@@ -184,6 +184,14 @@ impl TaggedIo {
     /// The use counter of this connection.
     pub fn uses(&self) -> ConnectionUses {
         self.uses.clone()
+    }
+
+    /// The TCP stream of a plain connection and its use counter (`None` for TLS).
+    pub fn into_plain(self) -> Option<(TcpStream, ConnectionUses)> {
+        match self.inner.into_inner() {
+            Stream::Plain(tcp) => Some((tcp, self.uses)),
+            Stream::Tls(_) => None,
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub mod balancer;
 pub mod client;
+pub mod h1;
 pub mod member;
 pub mod pool;
 

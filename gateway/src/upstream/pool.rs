@@ -1,5 +1,8 @@
-//! The keep-alive pool of plain HTTP/1.1 upstreams: idle `hyper::client::conn::http1`
-//! senders kept per member, checked out by the request's own task.
+//! The keep-alive pool of plain HTTP/1.1 upstreams, checked out by the request's own task.
+//! A member keeps two idle lists: connections of the own client ([`super::h1`], which
+//! carries requests whose body is in memory and that upgrade nothing: almost all of them) and
+//! `hyper::client::conn::http1` senders (streamed request bodies, WebSocket upgrades,
+//! `CONNECT`, requests whose header operations set their own framing).
 //!
 //! This replaces hyper-util's pooled client on the hot path of `http1` upstreams without
 //! TLS (the others, and health probes, still use it, see [`super::client`]): no pool key
@@ -10,8 +13,9 @@
 //!   is skipped, and a request that could not be written to it goes to the next one (it never
 //!   reached the member, so this is not a retry in the sense of `retry`);
 //! - a connection goes back to the pool when the response body has ended (or was dropped;
-//!   a connection whose response was not read to the end is closed by hyper and skipped);
-//! - at most `pool_max_idle_per_member` idle connections per member, each closed after
+//!   a connection whose response was not read to the end is closed by hyper and skipped;
+//!   the own client closes it at once);
+//! - at most `pool_max_idle_per_member` idle connections per member and list, each closed after
 //!   `pool_idle_timeout` unused (a reaper task per member sweeps them);
 //! - requests are sent in origin form with a `Host` header (the member's authority when the
 //!   client sent none); WebSocket upgrades work on these connections.
@@ -20,13 +24,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
-use http::{HeaderValue, Request, Response, Uri, header};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri, header};
 use hyper::body::Incoming;
 use hyper::client::conn::http1::SendRequest;
 use tower::ServiceExt as _;
 
-use super::client::{ConnectionUses, CountingConnector};
+use super::client::{ConnectionUses, CountingConnector, TaggedIo};
+use super::h1::{self, Conn};
 use super::member::Member;
 use crate::body::RequestBody;
 
@@ -41,7 +47,7 @@ pub enum SendError {
     Connect(#[source] BoxError),
     /// The request was (possibly) written; the member's answer failed.
     #[error("{0}")]
-    Request(#[source] hyper::Error),
+    Request(#[source] BoxError),
 }
 
 /// One idle connection.
@@ -51,10 +57,19 @@ struct Idle {
     expires: Instant,
 }
 
-/// The idle connections of one member (most recently used last).
+/// One idle connection of the own HTTP/1.1 client.
+struct IdleConn {
+    conn: Conn,
+    expires: Instant,
+}
+
+/// The idle connections of one member (most recently used last): hyper's, used by requests
+/// that need hyper (streamed bodies, upgrades), and the own client's, used by the others.
+/// Each list keeps at most `pool_max_idle_per_member`.
 #[derive(Default)]
 pub struct IdleConnections {
     list: Mutex<Vec<Idle>>,
+    conns: Mutex<Vec<IdleConn>>,
     reaper: AtomicBool,
 }
 
@@ -62,6 +77,7 @@ impl std::fmt::Debug for IdleConnections {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IdleConnections")
             .field("idle", &self.lock().len())
+            .field("idle_own", &self.lock_conns().len())
             .finish()
     }
 }
@@ -97,15 +113,47 @@ impl IdleConnections {
         }
     }
 
+    fn lock_conns(&self) -> std::sync::MutexGuard<'_, Vec<IdleConn>> {
+        self.conns.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The most recently used idle connection of the own client that has not expired and
+    /// that the member has not closed (the others are dropped, which closes them).
+    fn pop_conn(&self, now: Instant) -> Option<Conn> {
+        let mut list = self.lock_conns();
+        while let Some(idle) = list.pop() {
+            if idle.expires > now && idle.conn.is_usable() {
+                return Some(idle.conn);
+            }
+        }
+        None
+    }
+
+    /// How many connections of the own client are idle.
+    pub fn own_idle(&self) -> usize {
+        self.lock_conns().len()
+    }
+
+    /// Keeps a connection of the own client for reuse until `expires`.
+    pub fn push_conn(&self, conn: Conn, expires: Instant, max_idle: usize) {
+        let mut list = self.lock_conns();
+        if list.len() < max_idle {
+            list.push(IdleConn { conn, expires });
+        }
+    }
+
     /// Closes every idle connection (the pool settings changed on reload).
     pub fn clear(&self) {
         self.lock().clear();
+        self.lock_conns().clear();
     }
 
     /// Drops (closes) expired connections and forgets closed ones.
     fn sweep(&self, now: Instant) {
         self.lock()
             .retain(|i| i.expires > now && !i.sender.is_closed());
+        self.lock_conns()
+            .retain(|i| i.expires > now && i.conn.is_usable());
     }
 }
 
@@ -194,22 +242,11 @@ impl Http1Pool {
                 Err(mut e) => match e.take_message() {
                     // Not written: the connection was closing; try the next one.
                     Some(r) => req = r,
-                    None => return Err(SendError::Request(e.into_error())),
+                    None => return Err(SendError::Request(e.into_error().into())),
                 },
             }
         }
-        let uri = Uri::builder()
-            .scheme("http")
-            .authority(authority.clone())
-            .path_and_query("/")
-            .build()
-            .map_err(|e| SendError::Connect(e.into()))?;
-        let io = self
-            .connector
-            .clone()
-            .oneshot(uri)
-            .await
-            .map_err(SendError::Connect)?;
+        let io = self.connect(authority).await?;
         let uses = io.uses();
         let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
             .writev(false)
@@ -222,9 +259,88 @@ impl Http1Pool {
             }
         });
         self.start_reaper(member);
-        let res = sender.send_request(req).await.map_err(SendError::Request)?;
+        let res = sender
+            .send_request(req)
+            .await
+            .map_err(|e| SendError::Request(e.into()))?;
         let reused = uses.record();
         Ok((res, reused, self.lease(member, sender, uses)))
+    }
+
+    /// Sends a request whose body is in memory with the own HTTP/1.1 client (see
+    /// [`super::h1`]): on an idle connection if there is a usable one, else on a new one.
+    /// `headers` must not set `Content-Length` or `Transfer-Encoding`. Returns the response
+    /// (its body hands the connection back when read to the end) and whether the connection
+    /// was reused. `now` tells which idle connections have expired.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn send_h1(
+        &self,
+        member: &Arc<Member>,
+        authority: &Authority,
+        method: &Method,
+        path_and_query: &PathAndQuery,
+        mut headers: HeaderMap,
+        body: &Bytes,
+        now: Instant,
+    ) -> Result<(Response<h1::Body>, bool), SendError> {
+        if !headers.contains_key(header::HOST)
+            && let Ok(v) = HeaderValue::from_str(authority.as_str())
+        {
+            headers.insert(header::HOST, v);
+        }
+        let wire = h1::encode_request(method, path_and_query.as_str(), &headers, body);
+        drop(headers);
+        let head_request = *method == Method::HEAD;
+        while let Some(mut conn) = member.idle.pop_conn(now) {
+            match h1::write_request(&mut conn, &wire).await {
+                Ok(()) => return self.response(member, conn, head_request).await,
+                // Not written: the member was closing the connection; try the next one.
+                Err(e) if !e.partly_sent => {}
+                Err(e) => return Err(SendError::Request(e.source.into())),
+            }
+        }
+        let (tcp, uses) = self
+            .connect(authority)
+            .await?
+            .into_plain()
+            .ok_or_else(|| SendError::Connect("a TLS connection in a plain pool".into()))?;
+        self.start_reaper(member);
+        let mut conn = Conn::new(tcp, uses);
+        h1::write_request(&mut conn, &wire)
+            .await
+            .map_err(|e| SendError::Request(e.source.into()))?;
+        self.response(member, conn, head_request).await
+    }
+
+    /// A new connection to `authority`, through the counting connector.
+    async fn connect(&self, authority: &Authority) -> Result<TaggedIo, SendError> {
+        let uri = Uri::builder()
+            .scheme("http")
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .map_err(|e| SendError::Connect(e.into()))?;
+        self.connector
+            .clone()
+            .oneshot(uri)
+            .await
+            .map_err(SendError::Connect)
+    }
+
+    async fn response(
+        &self,
+        member: &Arc<Member>,
+        conn: Conn,
+        head_request: bool,
+    ) -> Result<(Response<h1::Body>, bool), SendError> {
+        let ret = h1::PoolReturn {
+            member: Arc::clone(member),
+            idle_timeout: self.idle_timeout,
+            max_idle: self.max_idle,
+        };
+        h1::read_response(conn, head_request, ret)
+            .await
+            .map_err(|e| SendError::Request(e.into()))
     }
 
     fn lease(
