@@ -16,10 +16,9 @@ use lb_common::{
         GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU,
         NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6,
         PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, VIP_F_NO_CONNTRACK, VIP_PROBES,
-        VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold, flow_bucket, flow_entry,
-        flow_hash, flow_lookup, flow_record, flow_table_hash, ipv4_checksum_words,
-        is_ipv6_extension, ring_index, v4_words, vip_filter_bit_words, vip_slot_hash_words,
-        vip_tail,
+        VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold, flow_bucket, flow_hash,
+        flow_lookup, flow_record, flow_table_hash, ipv4_checksum_words, is_ipv6_extension,
+        ring_index, v4_words, vip_filter_bit_words, vip_slot_hash_words, vip_tail,
     },
 };
 
