@@ -273,12 +273,14 @@ where
             .state
             .access_log
             .load(std::sync::atomic::Ordering::Relaxed)
-            .then(|| AccessFields {
-                request_id: req.headers().get(&REQUEST_ID).cloned(),
-                traceparent: req.headers().get(&TRACEPARENT).cloned(),
-                host_header: req.headers().get(header::HOST).cloned(),
-                uri: req.uri().clone(),
-                protocol: protocol_name(req.version()),
+            .then(|| {
+                Box::new(AccessFields {
+                    request_id: req.headers().get(&REQUEST_ID).cloned(),
+                    traceparent: req.headers().get(&TRACEPARENT).cloned(),
+                    host_header: req.headers().get(header::HOST).cloned(),
+                    uri: req.uri().clone(),
+                    protocol: protocol_name(req.version()),
+                })
             });
         let method = req.method().clone();
         // Debug level: at the default level the span costs nothing; error events carry the
@@ -319,7 +321,9 @@ struct ObserveDone {
     start: Instant,
     log: RequestLog,
     conn: Option<ConnInfo>,
-    access: Option<AccessFields>,
+    /// Boxed: it is large, and moved with the request's future and into the response
+    /// body's hook; without an access log it is `None` and costs nothing.
+    access: Option<Box<AccessFields>>,
     method: http::Method,
     state: Arc<ObserveState>,
     in_flight: InFlightGauge,

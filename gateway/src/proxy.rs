@@ -79,7 +79,9 @@ impl tower::Service<Request<Incoming>> for ProxyService {
     fn call(&mut self, req: Request<Incoming>) -> Self::Future {
         let snapshot = self.shared.snapshot.load_full();
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move { handle(&shared, &snapshot, req).await })
+        // `handle` owns what it needs: no async block around it, whose state would add a
+        // copy of the request to the boxed future (moved whole into the box).
+        Box::pin(handle(shared, snapshot, req))
     }
 }
 
@@ -90,17 +92,33 @@ fn is_idempotent(m: &Method) -> bool {
     )
 }
 
+/// The host the client asked for, as the request carries it: both are reference-counted
+/// slices of the request, so keeping one past the request costs no copy.
+enum RawHost {
+    /// The URI's authority (HTTP/2, absolute form).
+    Authority(http::uri::Authority),
+    /// The `Host` header (checked to be text).
+    Header(HeaderValue),
+}
+
+impl RawHost {
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Self::Authority(a) => Some(a.as_str()),
+            Self::Header(v) => v.to_str().ok(),
+        }
+    }
+}
+
 /// The host the client asked for: URI authority (HTTP/2, absolute form) or `Host`.
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    req.uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+fn request_host(req: &Request<Incoming>) -> Option<RawHost> {
+    if let Some(a) = req.uri().authority() {
+        return Some(RawHost::Authority(a.clone()));
+    }
+    req.headers()
+        .get(header::HOST)
+        .filter(|h| h.to_str().is_ok())
+        .map(|h| RawHost::Header(h.clone()))
 }
 
 fn check_framing(
@@ -113,18 +131,29 @@ fn check_framing(
             reason: "both Content-Length and Transfer-Encoding",
         });
     }
-    let h = req.headers();
-    if h.contains_key(header::TRANSFER_ENCODING) && h.contains_key(header::CONTENT_LENGTH) {
+    // One pass over the (few) headers: comparing a name with a standard one is cheaper than
+    // the hashed lookups of three separate checks.
+    let (mut size, mut te, mut cl, mut hosts) = (0usize, false, false, 0usize);
+    for (n, v) in req.headers() {
+        size += n.as_str().len() + v.len() + 4;
+        if n == header::HOST {
+            hosts += 1;
+        } else if n == header::TRANSFER_ENCODING {
+            te = true;
+        } else if n == header::CONTENT_LENGTH {
+            cl = true;
+        }
+    }
+    if te && cl {
         return Err(ProxyError::BadRequest {
             reason: "both Content-Length and Transfer-Encoding",
         });
     }
-    if h.get_all(header::HOST).iter().count() > 1 {
+    if hosts > 1 {
         return Err(ProxyError::BadRequest {
             reason: "more than one Host header",
         });
     }
-    let size: usize = h.iter().map(|(n, v)| n.as_str().len() + v.len() + 4).sum();
     if size > max_header_bytes {
         return Err(ProxyError::HeadersTooLarge {
             limit: max_header_bytes,
@@ -134,10 +163,11 @@ fn check_framing(
 }
 
 async fn handle(
-    shared: &Shared,
-    snapshot: &Snapshot,
+    shared: Arc<Shared>,
+    snapshot: Arc<Snapshot>,
     req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
+    let (shared, snapshot) = (&*shared, &*snapshot);
     let conn = req
         .extensions()
         .get::<ConnInfo>()
@@ -148,7 +178,8 @@ async fn handle(
     })?;
     check_framing(&req, &conn, listener.config.max_header_bytes)?;
     let raw_host = request_host(&req);
-    let host = raw_host.as_deref().map(router::normalize_host);
+    let raw_host = raw_host.as_ref().and_then(RawHost::as_str);
+    let host = raw_host.map(router::normalize_host);
     let matched = {
         let facts = RequestFacts {
             host: host.as_deref(),
@@ -324,7 +355,7 @@ async fn forward(
     up: &Arc<Upstream>,
     route: &RouteConfig,
     conn: &ConnInfo,
-    host: Option<String>,
+    host: Option<&str>,
     max_body: usize,
     log: Option<&RequestLog>,
     req: Request<Incoming>,
@@ -363,11 +394,11 @@ async fn forward(
     headers.remove(header::CONTENT_LENGTH);
     headers.remove(header::EXPECT);
     if !headers.contains_key(header::HOST)
-        && let Some(v) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok())
+        && let Some(v) = host.and_then(|h| HeaderValue::from_str(h).ok())
     {
         headers.insert(header::HOST, v);
     }
-    forwarding_headers(&mut headers, conn, host.as_deref());
+    forwarding_headers(&mut headers, conn, host);
     headers.insert(TRACEPARENT.clone(), traceparent);
     route.request_headers.apply(&mut headers);
     let path_and_query = match &route.rewrite {
@@ -439,20 +470,22 @@ async fn forward(
                 member.address
             )));
         };
-        // The last possible attempt takes the headers; earlier ones copy them.
-        let attempt_headers = if attempt > cfg.retry.max_retries {
-            std::mem::take(&mut headers)
-        } else {
-            headers.clone()
-        };
         let upstream_req = match &in_memory {
+            // The own client only serialises the headers: it borrows them, so that no
+            // attempt copies them.
             Some(bytes) => AttemptRequest::H1 {
                 method: &parts.method,
                 path_and_query: &path_and_query,
-                headers: attempt_headers,
+                headers: &headers,
                 body: bytes,
             },
             None => {
+                // The last possible attempt takes the headers; earlier ones copy them.
+                let attempt_headers = if attempt > cfg.retry.max_retries {
+                    std::mem::take(&mut headers)
+                } else {
+                    headers.clone()
+                };
                 let uri = Uri::builder()
                     .scheme(scheme.clone())
                     .authority(authority.clone())
@@ -464,7 +497,7 @@ async fn forward(
                 *req.uri_mut() = uri;
                 *req.version_mut() = version;
                 *req.headers_mut() = attempt_headers;
-                AttemptRequest::Hyper(req)
+                AttemptRequest::Hyper(Box::new(req))
             }
         };
         let in_flight = member.start();
@@ -614,13 +647,15 @@ enum AttemptError {
 
 /// The request of one attempt, for either client.
 enum AttemptRequest<'a> {
-    /// Through hyper (the pool's or the upstream's client).
-    Hyper(Request<RequestBody>),
+    /// Through hyper (the pool's or the upstream's client). Boxed: this path is rare
+    /// (streamed bodies, upgrades, HTTP/2 and TLS upstreams), and the request inline would
+    /// make every attempt's future larger.
+    Hyper(Box<Request<RequestBody>>),
     /// Through the pool's own HTTP/1.1 client (body in memory).
     H1 {
         method: &'a Method,
         path_and_query: &'a PathAndQuery,
-        headers: HeaderMap,
+        headers: &'a HeaderMap,
         body: &'a bytes::Bytes,
     },
 }
@@ -642,7 +677,7 @@ async fn send_attempt(
         SendError::Request(e) => AttemptError::Request(e),
     };
     let req = match req {
-        AttemptRequest::Hyper(req) => req,
+        AttemptRequest::Hyper(req) => *req,
         AttemptRequest::H1 {
             method,
             path_and_query,

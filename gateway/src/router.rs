@@ -14,6 +14,7 @@
 //! Hosts are compared lower-case without port; paths and query values are compared as sent
 //! (not percent-decoded).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use http::{HeaderMap, Method};
@@ -226,9 +227,10 @@ pub fn rewrite_prefix(path: &str, prefix: &str, replacement: &str) -> String {
 }
 
 /// Normalises the request host: lower-case, port removed, IPv6 brackets kept.
-pub fn normalize_host(raw: &str) -> String {
-    // Slices of `raw` where possible: one allocation, for the lower-cased result.
-    let host: std::borrow::Cow<'_, str> = if raw.starts_with('[') {
+pub fn normalize_host(raw: &str) -> Cow<'_, str> {
+    // Slices of `raw` where possible: no allocation for a host that is lower case already
+    // (the usual case), else one for the lower-cased result.
+    let host: Cow<'_, str> = if raw.starts_with('[') {
         match raw.find(']') {
             Some(end) => raw.get(..=end).unwrap_or(raw).into(),
             None => format!("{raw}]").into(),
@@ -239,7 +241,17 @@ pub fn normalize_host(raw: &str) -> String {
             .map_or(raw, |(h, _)| h)
             .into()
     };
-    host.trim_end_matches('.').to_ascii_lowercase()
+    match host {
+        Cow::Borrowed(h) => {
+            let h = h.trim_end_matches('.');
+            if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(h.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(h)
+            }
+        }
+        Cow::Owned(h) => Cow::Owned(h.trim_end_matches('.').to_ascii_lowercase()),
+    }
 }
 
 #[cfg(test)]

@@ -243,3 +243,18 @@ async fn access_log_lines_stay_one_valid_json_object_with_hostile_input() {
     assert_eq!(unrouted["error_origin"], "client");
     assert_eq!(unrouted["request_id"].as_str().unwrap().len(), 32);
 }
+
+#[tokio::test]
+async fn a_request_without_host_reaches_the_member_with_its_address_as_host() {
+    // HTTP/1.0 allows a request without `Host`: the upstream request (own HTTP/1.1 client,
+    // body in memory) then names the member, as hyper's client would.
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let answer = raw(gw.addr("web"), b"GET /api/nohost HTTP/1.0\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.0 200"), "{answer}");
+    let seen = up.state.seen.lock().unwrap().pop().unwrap();
+    assert_eq!(seen.0, "/nohost");
+    let hosts: Vec<_> = seen.1.get_all("host").iter().collect();
+    assert_eq!(hosts, [up.addr.to_string().as_str()]);
+    assert!(seen.1.get("x-forwarded-host").is_none());
+}

@@ -238,6 +238,15 @@ fn rewrite_and_host_normalisation() {
     assert_eq!(normalize_host("example.com."), "example.com");
     assert_eq!(normalize_host("[::1"), "[::1]");
     assert_eq!(normalize_host("[FE80::1]:443"), "[fe80::1]");
+    // A host in lower case already is a slice of the input, not a copy.
+    assert!(matches!(
+        normalize_host("api.example.com:8080"),
+        std::borrow::Cow::Borrowed("api.example.com")
+    ));
+    assert!(matches!(
+        normalize_host("[::1]:80"),
+        std::borrow::Cow::Borrowed("[::1]")
+    ));
 }
 
 /// The straightforward form of [`normalize_host`] (copies at each step).

@@ -127,14 +127,20 @@ pub struct WriteError {
 
 /// Serialises a request (origin form, HTTP/1.1) with its in-memory body: the head as hyper
 /// writes it (names as stored, one line per value), `Content-Length` when the body is not
-/// empty. The caller makes sure `headers` set no framing of their own.
+/// empty. The caller makes sure `headers` set no framing of their own. `host`, when given,
+/// is written as a `host` header after `headers` (the caller checks that they have none and
+/// that it is a valid header value).
 pub fn encode_request(
     method: &Method,
     path_and_query: &str,
     headers: &HeaderMap,
+    host: Option<&str>,
     body: &[u8],
 ) -> Vec<u8> {
     let mut len = method.as_str().len() + path_and_query.len() + 16 + body.len() + 32;
+    if let Some(host) = host {
+        len += host.len() + 8;
+    }
     for (name, value) in headers {
         len += name.as_str().len() + value.len() + 4;
     }
@@ -147,6 +153,11 @@ pub fn encode_request(
         out.extend_from_slice(name.as_str().as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if let Some(host) = host {
+        out.extend_from_slice(b"host: ");
+        out.extend_from_slice(host.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     if !body.is_empty() {
@@ -744,7 +755,7 @@ mod tests {
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut conn = Conn::new(tcp, ConnectionUses::default());
         let member = Arc::new(Member::new(addr.to_string(), 1));
-        let wire = encode_request(&method, "/", &HeaderMap::new(), b"");
+        let wire = encode_request(&method, "/", &HeaderMap::new(), None, b"");
         write_request(&mut conn, &wire).await.unwrap();
         let ret = PoolReturn {
             member: Arc::clone(&member),
@@ -1102,13 +1113,22 @@ mod tests {
         h.insert(header::HOST, HeaderValue::from_static("example.com"));
         h.append("x-multi", HeaderValue::from_static("1"));
         h.append("x-multi", HeaderValue::from_static("2"));
-        let wire = encode_request(&Method::POST, "/a?b=c", &h, b"body");
+        let wire = encode_request(&Method::POST, "/a?b=c", &h, None, b"body");
         assert_eq!(
             wire,
             b"POST /a?b=c HTTP/1.1\r\nhost: example.com\r\nx-multi: 1\r\nx-multi: 2\r\ncontent-length: 4\r\n\r\nbody"
         );
         // An empty body sends no length (as hyper does).
-        let wire = encode_request(&Method::GET, "/", &HeaderMap::new(), b"");
+        let wire = encode_request(&Method::GET, "/", &HeaderMap::new(), None, b"");
         assert_eq!(wire, b"GET / HTTP/1.1\r\n\r\n");
+        // A `Host` from the member comes after the request's headers (where hyper's client
+        // appends it).
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        let wire = encode_request(&Method::GET, "/", &h, Some("10.0.0.1:8080"), b"");
+        assert_eq!(
+            wire,
+            b"GET / HTTP/1.1\r\nx-a: 1\r\nhost: 10.0.0.1:8080\r\n\r\n"
+        );
     }
 }

@@ -279,17 +279,16 @@ impl Http1Pool {
         authority: &Authority,
         method: &Method,
         path_and_query: &PathAndQuery,
-        mut headers: HeaderMap,
+        headers: &HeaderMap,
         body: &Bytes,
         now: Instant,
     ) -> Result<(Response<h1::Body>, bool), SendError> {
-        if !headers.contains_key(header::HOST)
-            && let Ok(v) = HeaderValue::from_str(authority.as_str())
-        {
-            headers.insert(header::HOST, v);
-        }
-        let wire = h1::encode_request(method, path_and_query.as_str(), &headers, body);
-        drop(headers);
+        // `Host` from the member's authority when the request has none (as hyper's client
+        // adds it), written after the other headers: the map is borrowed, not changed.
+        let host = (!headers.contains_key(header::HOST))
+            .then_some(authority.as_str())
+            .filter(|h| HeaderValue::from_str(h).is_ok());
+        let wire = h1::encode_request(method, path_and_query.as_str(), headers, host, body);
         let head_request = *method == Method::HEAD;
         while let Some(mut conn) = member.idle.pop_conn(now) {
             match h1::write_request(&mut conn, &wire).await {
