@@ -544,3 +544,32 @@ fn watchdog(state: &ConnState, header_timeout: Duration, idle_timeout: Duration)
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::expect_used, reason = "test code")]
+
+    use super::*;
+
+    /// A drain that began before a connection's watchdog first ran still closes the
+    /// connection: the watchdog cannot wait for a change that already happened.
+    #[tokio::test]
+    async fn a_watchdog_started_during_a_drain_asks_for_the_graceful_close() {
+        let (_draining, rx) = watch::channel(true);
+        let control = Arc::new(Control::default());
+        let long = Duration::from_secs(60);
+        let watchdog = AbortOnDrop(tokio::spawn(watch_connection(
+            Arc::new(ConnState::new(Instant::now())),
+            Arc::clone(&control),
+            rx,
+            long,
+            long,
+            long,
+        )));
+        tokio::time::timeout(Duration::from_secs(5), control.notify.notified())
+            .await
+            .expect("the watchdog asked for nothing");
+        assert_eq!(control.take(), Command::Graceful);
+        drop(watchdog);
+    }
+}
