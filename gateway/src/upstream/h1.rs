@@ -782,6 +782,11 @@ mod tests {
         (result, pooled)
     }
 
+    /// `exchange` of a `GET` whose response is read whole: `read_all`'s result.
+    async fn get_all(script: Script) -> (Result<(Bytes, Option<HeaderMap>), BoxError>, bool) {
+        read_all(exchange(Method::GET, script).await.unwrap()).await
+    }
+
     #[tokio::test]
     async fn content_length_body_is_read_and_the_connection_reused() {
         let o = exchange(
@@ -800,20 +805,15 @@ mod tests {
 
     #[tokio::test]
     async fn extra_bytes_after_a_body_prevent_reuse() {
-        let o = exchange(
-            Method::GET,
-            script(
-                &[
-                    b"HTTP/1.1 200 OK\r\ncont",
-                    b"ent-length: 10\r\n\r\nhel",
-                    b"lo world",
-                ],
-                false,
-            ),
-        )
-        .await
-        .unwrap();
-        let (body, pooled) = read_all(o).await;
+        let (body, pooled) = get_all(script(
+            &[
+                b"HTTP/1.1 200 OK\r\ncont",
+                b"ent-length: 10\r\n\r\nhel",
+                b"lo world",
+            ],
+            false,
+        ))
+        .await;
         // Two bytes more than declared arrived: the member is out of step, no reuse.
         assert_eq!(&body.unwrap().0[..], b"hello worl");
         assert!(!pooled);
@@ -845,15 +845,10 @@ mod tests {
 
     #[tokio::test]
     async fn chunked_body_without_trailers() {
-        let o = exchange(
-            Method::GET,
-            once(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
-            ),
-        )
-        .await
-        .unwrap();
-        let (body, pooled) = read_all(o).await;
+        let (body, pooled) = get_all(once(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+        ))
+        .await;
         let (data, trailers) = body.unwrap();
         assert_eq!(&data[..], b"abc");
         assert!(trailers.is_none());
@@ -867,8 +862,7 @@ mod tests {
             b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabcX\r\n0\r\n\r\n",
         ];
         for bad in cases {
-            let o = exchange(Method::GET, once(bad)).await.unwrap();
-            let (body, pooled) = read_all(o).await;
+            let (body, pooled) = get_all(once(bad)).await;
             assert!(body.is_err());
             assert!(!pooled);
         }
@@ -876,39 +870,30 @@ mod tests {
 
     #[tokio::test]
     async fn a_body_without_length_ends_when_the_member_closes() {
-        let o = exchange(
-            Method::GET,
-            script(&[b"HTTP/1.1 200 OK\r\n\r\npart one, ", b"part two"], true),
-        )
-        .await
-        .unwrap();
-        let (body, pooled) = read_all(o).await;
+        let (body, pooled) = get_all(script(
+            &[b"HTTP/1.1 200 OK\r\n\r\npart one, ", b"part two"],
+            true,
+        ))
+        .await;
         assert_eq!(&body.unwrap().0[..], b"part one, part two");
         assert!(!pooled);
         // A transfer coding other than chunked is read until close too.
-        let o = exchange(
-            Method::GET,
-            script(
-                &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxyz"],
-                true,
-            ),
-        )
-        .await
-        .unwrap();
-        let (body, pooled) = read_all(o).await;
+        let (body, pooled) = get_all(script(
+            &[b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\nxyz"],
+            true,
+        ))
+        .await;
         assert_eq!(&body.unwrap().0[..], b"xyz");
         assert!(!pooled);
     }
 
     #[tokio::test]
     async fn a_truncated_body_is_an_error() {
-        let o = exchange(
-            Method::GET,
-            script(&[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"], true),
-        )
-        .await
-        .unwrap();
-        let (body, pooled) = read_all(o).await;
+        let (body, pooled) = get_all(script(
+            &[b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nabc"],
+            true,
+        ))
+        .await;
         assert!(body.is_err());
         assert!(!pooled);
     }
@@ -990,13 +975,10 @@ mod tests {
 
     #[tokio::test]
     async fn repeated_equal_content_lengths_are_accepted() {
-        let o = exchange(
-            Method::GET,
-            once(b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\nabc"),
-        )
-        .await
-        .unwrap();
-        let (body, pooled) = read_all(o).await;
+        let (body, pooled) = get_all(once(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 3, 3\r\ncontent-length: 3\r\n\r\nabc",
+        ))
+        .await;
         assert_eq!(&body.unwrap().0[..], b"abc");
         assert!(pooled);
     }
@@ -1016,8 +998,7 @@ mod tests {
             (b"HTTP/1.1 200 OK\r\nConnection: x, Close\r\ncontent-length: 1\r\n\r\na", false),
         ];
         for (response, reusable) in cases {
-            let o = exchange(Method::GET, once(response)).await.unwrap();
-            let (body, pooled) = read_all(o).await;
+            let (body, pooled) = get_all(once(response)).await;
             assert!(body.is_ok());
             assert_eq!(pooled, reusable, "{}", String::from_utf8_lossy(response));
         }
