@@ -477,26 +477,28 @@ impl Dataplane {
     /// The flows of the IPv4 connection table, `FLOWS4`, by their compact keys (reads
     /// every bucket: one system call each).
     pub fn flows4(&self) -> Result<Vec<(FlowKey4, FlowValue)>> {
-        let name = map_names::FLOWS4;
-        let a = Array::<_, FlowBucket4>::try_from(self.map(name)?).map_err(map_err(name))?;
-        let mut flows = Vec::new();
-        for bucket in a.iter() {
-            let bucket = bucket.map_err(map_err(name))?;
-            flows.extend(bucket.ways.iter().filter_map(flow_entry4_decode));
-        }
-        Ok(flows)
+        let buckets = self.buckets::<FlowBucket4>(map_names::FLOWS4)?;
+        Ok(buckets
+            .iter()
+            .flat_map(|b| b.ways.iter().filter_map(flow_entry4_decode))
+            .collect())
     }
 
     /// The flows of the IPv6 connection table, `FLOWS6`.
     pub fn flows6(&self) -> Result<Vec<(FlowKey, FlowValue)>> {
-        let name = map_names::FLOWS6;
-        let a = Array::<_, FlowBucket6>::try_from(self.map(name)?).map_err(map_err(name))?;
-        let mut flows = Vec::new();
-        for bucket in a.iter() {
-            let bucket = bucket.map_err(map_err(name))?;
-            flows.extend(bucket.ways.iter().filter_map(flow_entry6_decode));
-        }
-        Ok(flows)
+        let buckets = self.buckets::<FlowBucket6>(map_names::FLOWS6)?;
+        Ok(buckets
+            .iter()
+            .flat_map(|b| b.ways.iter().filter_map(flow_entry6_decode))
+            .collect())
+    }
+
+    /// Every bucket of the connection table `name`.
+    fn buckets<B: aya::Pod>(&self, name: &'static str) -> Result<Vec<B>> {
+        let a = Array::<_, B>::try_from(self.map(name)?).map_err(map_err(name))?;
+        a.iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(name))
     }
 
     /// Per-VIP counters of `vip_id`, summed over CPUs.
