@@ -1,7 +1,8 @@
 //! XDP programs of the load balancer.
 //!
 //! `lb_xdp` is the data path (see docs/datapath.md and the reference model in lb-common's `model` module). The map-less helper programs
-//! (`xdp_pass`, `xdp_floor`) live in `src/bin/lb-xdp-pass.rs`, a separate object.
+//! (`xdp_pass`, `xdp_floor`) live in `src/bin/lb-xdp-pass.rs`, a separate object; the
+//! benchmark's memory probe (`xdp_probe`) in `src/bin/lb-xdp-probe.rs`, another.
 //!
 //! Built for `bpfel-unknown-none` by lb-userspace's build.rs. On the host the crate still
 //! compiles (for clippy and rustdoc) with an empty `main`.

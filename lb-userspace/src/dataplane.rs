@@ -4,7 +4,9 @@
 //! Two eBPF objects are embedded in the binary at build time (see `build.rs`):
 //! * `lb-xdp`: the load-balancing program `lb_xdp` and its maps;
 //! * `lb-xdp-pass`: map-less helpers, `xdp_pass` (the lab attaches it to veth peers that
-//!   receive XDP_TX frames) and `xdp_floor` (the benchmark's floor).
+//!   receive XDP_TX frames) and `xdp_floor` (the benchmark's floor);
+//! * `lb-xdp-probe`: `xdp_probe`, the benchmark's memory probe (one random line of an
+//!   array map as big as a connection table).
 use std::{
     ffi::CString,
     io,
@@ -39,6 +41,9 @@ pub static LB_XDP_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_
 /// The helper object, built from `lb-ebpf/src/bin/lb-xdp-pass.rs`.
 pub static PASS_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp-pass"));
+/// The memory-probe object, built from `lb-ebpf/src/bin/lb-xdp-probe.rs`.
+pub static PROBE_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/lb-xdp-probe"));
 
 /// Name of the data-path program inside [`LB_XDP_OBJECT`].
 pub const LB_PROGRAM: &str = "lb_xdp";
@@ -656,6 +661,51 @@ impl HelperPrograms {
     /// One test run of `xdp_floor` (returns XDP_TX and touches nothing).
     pub fn floor_run(&self, frame: &[u8]) -> Result<TestRunOutput> {
         let name = "xdp_floor";
+        test_run_xdp(loaded_xdp(&self.ebpf, name)?, name, frame, 1)
+    }
+}
+
+/// The benchmark's memory probe: `xdp_probe` and its array map of 64-byte lines.
+#[derive(Debug)]
+pub struct MemoryProbe {
+    ebpf: Ebpf,
+    lines: u32,
+}
+
+impl MemoryProbe {
+    /// Bytes of one line of the probe's map.
+    pub const LINE_BYTES: u64 = 64;
+
+    /// Loads [`PROBE_OBJECT`] with a map of `lines` lines (zeroed by the kernel).
+    pub fn load(lines: u32) -> Result<Self> {
+        let name = "xdp_probe";
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries("PROBE_LINES", lines)
+            .load(PROBE_OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        xdp_program(&mut ebpf, name)?
+            .load()
+            .map_err(|e| program_error(name, e))?;
+        Ok(MemoryProbe { ebpf, lines })
+    }
+
+    /// Lines in the probe's map.
+    pub fn lines(&self) -> u32 {
+        self.lines
+    }
+
+    /// The frame that makes `xdp_probe` read line `index`: the index in its first four
+    /// bytes, padded to a minimal Ethernet frame.
+    pub fn frame(&self, index: u32) -> Result<Vec<u8>> {
+        check_range("memory-probe line", index, self.lines)?;
+        let mut frame = vec![0u8; 60];
+        frame[..4].copy_from_slice(&index.to_ne_bytes());
+        Ok(frame)
+    }
+
+    /// One test run of `xdp_probe` on `frame` (XDP_TX when it read a line).
+    pub fn run(&self, frame: &[u8]) -> Result<TestRunOutput> {
+        let name = "xdp_probe";
         test_run_xdp(loaded_xdp(&self.ebpf, name)?, name, frame, 1)
     }
 }

@@ -11,8 +11,13 @@
 //! IPv4 and IPv6; TCP ACK hitting the connection table (one flow) IPv4 and IPv6; TCP ACK
 //! over 1,000,000 established flows (the table filled by the IPv4 SYN case, the ACKs
 //! cycling through all of them), and for contrast the same ACKs cycling over 1,000 of
-//! those flows (no target). Then, for context, the machine's latency of one random
-//! memory access over working sets of the tables' sizes (pointer chasing from user space).
+//! those flows (no target); then the memory probe (no target): an XDP program that only
+//! reads one random 64-byte line of an array map as big as the IPv4 connection table
+//! (`xdp_probe`), which is what reaching a random bucket of that table costs from the
+//! kernel on this machine. The new-flow IPv4 and 1M-flow cases each touch one random
+//! bucket of that table, so the report also gives them net of the probe: the program's own
+//! work. Then, for context, the latency of one random memory access over working sets of
+//! the tables' sizes from user space (pointer chasing).
 use std::{
     io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
@@ -30,7 +35,7 @@ use lb_tests::{
     frames::{TCP_ACK, TCP_SYN, tcp4, tcp6},
     xdp::{Harness, standard, std_state::*},
 };
-use lb_userspace::dataplane::HelperPrograms;
+use lb_userspace::dataplane::{HelperPrograms, MemoryProbe};
 use serde::Serialize;
 
 #[derive(Debug, Parser)]
@@ -68,6 +73,9 @@ struct Case {
     wall_ns: f64,
     /// Target net of the floor, where the issue sets one.
     target_ns: Option<f64>,
+    /// For the cases that touch one random bucket of the IPv4 table: `net_ns` minus the
+    /// memory probe's, the program's own work.
+    net_of_memory_probe_ns: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -114,6 +122,14 @@ fn memory_latency(bytes: u64, accesses: u32) -> f64 {
     std::hint::black_box(p);
     ns
 }
+
+/// The memory probe's case (see the module's documentation).
+const PROBE: &str = "memory probe: random line, IPv4 table's size";
+/// The cases that touch one random bucket of the IPv4 table.
+const ONE_RANDOM_BUCKET: [&str; 2] = [
+    "TCP SYN, new flow, IPv4",
+    "TCP ACK over 1M established flows (IPv4)",
+];
 
 /// The `i`-th distinct client of the new-flow and big-table cases.
 fn client4(i: u32) -> (Ipv4Addr, u16) {
@@ -283,6 +299,30 @@ fn main() -> anyhow::Result<()> {
         let t = measure(calls, tx, run_dp, |i| ack4(i % 1000), true)?;
         results.push(("TCP ACK cycling over 1,000 of those flows", t, None));
     }
+    if want(PROBE) {
+        // One line per IPv4 bucket: a map of the IPv4 table's size, read at random.
+        writeln!(std::io::stderr(), "memory probe ...")?;
+        let probe = MemoryProbe::load(flow_buckets(table))?;
+        use rand::{Rng as _, SeedableRng as _};
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0x0070_726f_6265);
+        let lines: Vec<u32> = (0..calls)
+            .map(|_| rng.random_range(0..probe.lines()))
+            .collect();
+        // Every index is in range; an empty frame would come back XDP_DROP and stop the
+        // benchmark with that verdict.
+        let frame = |i: u32| probe.frame(lines[i as usize]).unwrap_or_default();
+        let t = measure(
+            calls,
+            tx,
+            |f| {
+                let o = probe.run(f)?;
+                Ok((o.action, o.duration))
+            },
+            frame,
+            true,
+        )?;
+        results.push((PROBE, t, None));
+    }
 
     // For contrast (not a target): the same path run warm, `repeat` times back to back
     // inside one test run, on a frame the program passes unmodified (UDP to a service
@@ -307,10 +347,15 @@ fn main() -> anyhow::Result<()> {
         )?;
     }
     let floor_ns = results[0].1.kernel_ns as f64 / f64::from(calls);
+    let mean_ns = |t: &Timing| t.kernel_ns as f64 / f64::from(calls);
+    let probe_ns = results
+        .iter()
+        .find(|(name, ..)| *name == PROBE)
+        .map(|(_, t, _)| mean_ns(t) - floor_ns);
     let cases: Vec<Case> = results
         .into_iter()
         .map(|(name, t, target)| {
-            let mean = t.kernel_ns as f64 / f64::from(calls);
+            let mean = mean_ns(&t);
             Case {
                 name,
                 calls,
@@ -318,6 +363,9 @@ fn main() -> anyhow::Result<()> {
                 net_ns: mean - floor_ns,
                 wall_ns: t.wall_ns as f64 / f64::from(calls),
                 target_ns: target,
+                net_of_memory_probe_ns: probe_ns
+                    .filter(|_| ONE_RANDOM_BUCKET.contains(&name))
+                    .map(|p| mean - floor_ns - p),
             }
         })
         .collect();
@@ -343,6 +391,15 @@ fn main() -> anyhow::Result<()> {
             "{:<44} {:>9.1} {:>12.1} {:>10.1} {:>8}",
             c.name, c.mean_ns, c.net_ns, c.wall_ns, target
         )?;
+    }
+    for c in &cases {
+        if let Some(own) = c.net_of_memory_probe_ns {
+            writeln!(
+                out,
+                "{}: {own:.1} ns net of the floor and the memory probe (the program's own work)",
+                c.name
+            )?;
+        }
     }
     // The 1M-flow ACKs and new flows each touch one random bucket; what one random access
     // costs at the tables' sizes says how much of their time is the memory's.
