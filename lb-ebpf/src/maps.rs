@@ -2,6 +2,7 @@
 //! userspace (lb-userspace's `dataplane` module) opens them by the same names.
 use aya_ebpf::{
     Global,
+    bindings::BPF_F_MMAPABLE,
     macros::map,
     maps::{Array, PerCpuArray},
 };
@@ -44,14 +45,19 @@ pub static FLOW_BUCKETS: Global<u32> = Global::new(flow_buckets(DEFAULT_FLOW_TAB
 
 /// The connection table of IPv4 flows: buckets of four entries (see the connection tables
 /// in `lb_common::datapath`). Its size is set by the loader.
+///
+/// `BPF_F_MMAPABLE` is for alignment, not for mapping: an ordinary array map's values start
+/// 312 bytes into its allocation (after `struct bpf_array`, Linux 6.18), so every 64-byte
+/// bucket would straddle two cache lines; a mappable array's values start on a page.
 #[map(name = "FLOWS4")]
 pub static FLOWS4: Array<FlowBucket4> =
-    Array::with_max_entries(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), 0);
+    Array::with_max_entries(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), BPF_F_MMAPABLE);
 
-/// The connection table of IPv6 flows. Its size is set by the loader.
+/// The connection table of IPv6 flows. Its size is set by the loader. Page-aligned like
+/// `FLOWS4`.
 #[map(name = "FLOWS6")]
 pub static FLOWS6: Array<FlowBucket6> =
-    Array::with_max_entries(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), 0);
+    Array::with_max_entries(flow_buckets(DEFAULT_FLOW_TABLE_SIZE), BPF_F_MMAPABLE);
 
 /// One counter per [`ExitReason`]; every exit path bumps exactly one.
 #[map(name = "EXIT_STATS")]

@@ -15,12 +15,16 @@
 
 mod programs {
     use aya_ebpf::{
-        bindings::xdp_action, macros::map, macros::xdp, maps::Array, programs::XdpContext,
+        bindings::{BPF_F_MMAPABLE, xdp_action},
+        macros::{map, xdp},
+        maps::Array,
+        programs::XdpContext,
     };
 
-    /// Lines of eight words; the loader sets the number.
+    /// Lines of eight words; the loader sets the number. Page-aligned (mappable) like the
+    /// connection tables, so each value is one cache line.
     #[map(name = "PROBE_LINES")]
-    static PROBE_LINES: Array<[u64; 8]> = Array::with_max_entries(1, 0);
+    static PROBE_LINES: Array<[u64; 8]> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 
     #[xdp]
     pub fn xdp_probe(ctx: XdpContext) -> u32 {
