@@ -343,6 +343,49 @@ pub struct FlowValue {
 // of the rare mixes whose key words happen to equal the reader's flow), so the packet is
 // treated as a miss and goes to the ring, never to another flow's gateway.
 
+/// Ring slots per `RINGS` entry: a [`RingChunk`] is one 64-byte cache line of 16-bit
+/// gateway ids. (An array map stores every value in a multiple of 8 bytes, so a ring of
+/// 4-byte slots took 8 bytes per slot: four times the memory.)
+pub const RING_CHUNK_SLOTS: u32 = 32;
+/// `RINGS` entries per ring copy (the last is partly used: `RING_SIZE` is prime).
+pub const RING_CHUNKS: u32 = RING_SIZE.div_ceil(RING_CHUNK_SLOTS);
+
+/// An entry of `RINGS`: [`RING_CHUNK_SLOTS`] consecutive slots of one ring copy, each the
+/// gateway id (`< MAX_GATEWAYS`) of the flows whose hash lands there, or
+/// [`RING_NO_GATEWAY`] (see [`ring_slot_value`] and [`ring_slot_gateway`]).
+#[repr(C, align(8))]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RingChunk {
+    pub slots: [u16; RING_CHUNK_SLOTS as usize],
+}
+
+/// A ring slot that names no gateway ([`NO_GATEWAY`] in a ring of `u32`s: the Maglev ring
+/// of a service without gateways).
+pub const RING_NO_GATEWAY: u16 = u16::MAX;
+
+/// How a ring slot holding gateway `gw` is stored: [`NO_GATEWAY`] as [`RING_NO_GATEWAY`],
+/// an id below [`MAX_GATEWAYS`] as itself; `None` for anything else (not storable).
+#[inline(always)]
+pub fn ring_slot_value(gw: u32) -> Option<u16> {
+    if gw == NO_GATEWAY {
+        Some(RING_NO_GATEWAY)
+    } else if gw < MAX_GATEWAYS {
+        Some(gw as u16)
+    } else {
+        None
+    }
+}
+
+/// The gateway a stored ring slot names (the inverse of [`ring_slot_value`]).
+#[inline(always)]
+pub fn ring_slot_gateway(v: u16) -> u32 {
+    if v == RING_NO_GATEWAY {
+        NO_GATEWAY
+    } else {
+        u32::from(v)
+    }
+}
+
 /// A bucket of the IPv4 connection table (`FLOWS4`): four entries of two words, 64
 /// bytes (one cache line).
 #[repr(C, align(8))]
@@ -415,6 +458,8 @@ pub const FLOW_REF: u64 = 1 << 63;
 /// Gateway ids in an entry: bits 48-57 of its last word.
 const FLOW_GW_MASK: u64 = 0x3ff;
 const _: () = assert!(MAX_GATEWAYS as u64 - 1 == FLOW_GW_MASK);
+// Ring slots hold gateway ids in 16 bits.
+const _: () = assert!(MAX_GATEWAYS <= 1 << 16);
 
 /// The stored entry of a flow with key words `key` and table hash `hash` on gateway `gw`
 /// (an id below [`MAX_GATEWAYS`], so it fits the entry's 10 bits), not referenced yet.
@@ -604,6 +649,7 @@ mod pod {
     unsafe impl aya::Pod for super::FlowValue {}
     unsafe impl aya::Pod for super::FlowBucket4 {}
     unsafe impl aya::Pod for super::FlowBucket6 {}
+    unsafe impl aya::Pod for super::RingChunk {}
     unsafe impl aya::Pod for super::VipStats {}
 }
 
@@ -665,10 +711,23 @@ pub fn vip_filter_bit_words(a: AddrWords) -> u32 {
     (x.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 52) as u32
 }
 
-/// Index into `RINGS` of slot `hash % RING_SIZE` of copy `select` (0 or 1) of VIP `vip_id`.
+/// Ring slot `hash % RING_SIZE` of copy `select` (0 or 1) of VIP `vip_id`, numbered over
+/// all rings (copy after copy, VIP after VIP): the model's ring index. [`ring_entry`] says
+/// where the slot is stored in `RINGS`.
 #[inline(always)]
 pub fn ring_index(vip_id: u32, select: u32, hash: u32) -> u32 {
     (vip_id * 2 + (select & 1)) * RING_SIZE + hash % RING_SIZE
+}
+
+/// Where slot `hash % RING_SIZE` of copy `select` of VIP `vip_id` is stored: the `RINGS`
+/// entry ([`RingChunk`]) and the slot within it (`< RING_CHUNK_SLOTS`).
+#[inline(always)]
+pub fn ring_entry(vip_id: u32, select: u32, hash: u32) -> (u32, u32) {
+    let slot = hash % RING_SIZE;
+    (
+        (vip_id * 2 + (select & 1)) * RING_CHUNKS + slot / RING_CHUNK_SLOTS,
+        slot % RING_CHUNK_SLOTS,
+    )
 }
 
 /// The IPv4 header checksum (RFC 791) of a 20-byte header whose checksum field is zero.
@@ -811,6 +870,41 @@ pub fn v4_field(a: [u8; 4]) -> [u8; 16] {
 mod tests {
     use super::*;
 
+    /// Every slot of every ring copy has its own place in `RINGS`, inside the map, and the
+    /// slots of one copy are stored in order (what the loader's writer assumes).
+    #[test]
+    fn ring_slots_store_every_gateway_and_none() {
+        for gw in [0, 1, MAX_GATEWAYS - 1, NO_GATEWAY] {
+            let v = ring_slot_value(gw);
+            assert_eq!(v.map(ring_slot_gateway), Some(gw), "gateway {gw}");
+        }
+        assert_eq!(ring_slot_value(MAX_GATEWAYS), None);
+        assert_eq!(ring_slot_value(u32::from(RING_NO_GATEWAY)), None);
+    }
+
+    #[test]
+    fn ring_entries_place_every_slot_once() {
+        assert_eq!(RING_CHUNKS, 2049);
+        let mut seen = std::collections::HashSet::new();
+        for vip in [0, 1, MAX_VIPS - 1] {
+            for select in [0, 1] {
+                let base = (vip * 2 + select) * RING_CHUNKS;
+                for slot in 0..RING_SIZE {
+                    let (entry, lane) = ring_entry(vip, select, slot);
+                    assert!(entry < MAX_VIPS * 2 * RING_CHUNKS && lane < RING_CHUNK_SLOTS);
+                    assert_eq!(
+                        (entry - base) * RING_CHUNK_SLOTS + lane,
+                        slot,
+                        "vip {vip} copy {select} slot {slot}"
+                    );
+                    assert!(seen.insert((entry, lane)));
+                    // The hash is reduced modulo the ring size first, like `ring_index`.
+                    assert_eq!(ring_entry(vip, select, slot + RING_SIZE), (entry, lane));
+                }
+            }
+        }
+    }
+
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<VipKey>(), 20);
@@ -822,6 +916,7 @@ mod tests {
         assert_eq!(core::mem::size_of::<FlowKey4>(), 16);
         assert_eq!(core::mem::size_of::<FlowValue>(), 4);
         assert_eq!(core::mem::size_of::<FlowBucket4>(), 64);
+        assert_eq!(core::mem::size_of::<RingChunk>(), 64);
         assert_eq!(core::mem::size_of::<FlowBucket6>(), 160);
         assert_eq!(core::mem::size_of::<VipStats>(), 24);
     }

@@ -10,7 +10,8 @@ use lb_common::{
     ExitReason, StatCounter,
     datapath::{
         DEFAULT_FLOW_TABLE_SIZE, FlowBucket4, FlowBucket6, GatewayValue, MAX_GATEWAYS, MAX_VIPS,
-        NodeConfig, RING_SIZE, VIP_FILTER_BITS, VIP_TABLE_SLOTS, VipSlot, VipStats, flow_buckets,
+        NodeConfig, RING_CHUNKS, RingChunk, VIP_FILTER_BITS, VIP_TABLE_SLOTS, VipSlot, VipStats,
+        flow_buckets,
     },
 };
 
@@ -26,9 +27,10 @@ pub static VIP_FILTER: Array<u64> = Array::with_max_entries(VIP_FILTER_BITS / 64
 #[map(name = "RING_SELECT")]
 pub static RING_SELECT: Array<u32> = Array::with_max_entries(MAX_VIPS, 0);
 
-/// Two Maglev rings of `RING_SIZE` gateway ids per VIP id.
+/// Two Maglev rings of `RING_SIZE` gateway ids per VIP id, 32 16-bit slots per entry
+/// (`RING_CHUNKS` entries per ring copy; `ring_entry` finds a slot).
 #[map(name = "RINGS")]
-pub static RINGS: Array<u32> = Array::with_max_entries(MAX_VIPS * 2 * RING_SIZE, 0);
+pub static RINGS: Array<RingChunk> = Array::with_max_entries(MAX_VIPS * 2 * RING_CHUNKS, 0);
 
 /// Gateway nodes by id.
 #[map(name = "GATEWAYS")]

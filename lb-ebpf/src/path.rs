@@ -15,10 +15,11 @@ use lb_common::{
         AddrWords, ETH_HLEN, ETH_P_8021Q, ETH_P_IP, ETH_P_IPV6, FAMILY_V4, FAMILY_V6, FlowKey,
         GW_F_LOCAL, GW_F_V4, GW_F_V6, GW_F_VALID, GatewayValue, IPV4_HLEN, IPV6_HLEN, IPV6_MIN_MTU,
         NO_GATEWAY, NODE_F_V4, NODE_F_V6, NodeConfig, OUTER_TTL, PROTO_ICMP, PROTO_ICMPV6,
-        PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, VIP_F_NO_CONNTRACK, VIP_PROBES,
-        VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold, flow_bucket, flow_hash,
-        flow_lookup, flow_record, flow_table_hash, ipv4_checksum_words, is_ipv6_extension,
-        ring_index, v4_words, vip_filter_bit_words, vip_slot_hash_words, vip_tail,
+        PROTO_IPIP, PROTO_IPV6, PROTO_TCP, PROTO_UDP, PTB_QUOTE, RING_CHUNK_SLOTS,
+        VIP_F_NO_CONNTRACK, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipValue, checksum_fold,
+        flow_bucket, flow_hash, flow_lookup, flow_record, flow_table_hash, ipv4_checksum_words,
+        is_ipv6_extension, ring_entry, ring_slot_gateway, v4_words, vip_filter_bit_words,
+        vip_slot_hash_words, vip_tail,
     },
 };
 
@@ -311,9 +312,12 @@ fn ring_pick(vip: &VipValue, key: &FlowKey) -> u32 {
     let Some(select) = RING_SELECT.get(vip.id) else {
         return NO_GATEWAY;
     };
-    let idx = ring_index(vip.id, *select, flow_hash(key, vip.flags));
-    match RINGS.get(idx) {
-        Some(gw) => *gw,
+    let (entry, slot) = ring_entry(vip.id, *select, flow_hash(key, vip.flags));
+    match RINGS.get(entry) {
+        Some(chunk) => chunk
+            .slots
+            .get((slot % RING_CHUNK_SLOTS) as usize)
+            .map_or(NO_GATEWAY, |v| ring_slot_gateway(*v)),
         None => NO_GATEWAY,
     }
 }

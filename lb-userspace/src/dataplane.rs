@@ -30,9 +30,10 @@ use lb_common::{
     ExitReason, StatCounter,
     datapath::{
         FlowBucket4, FlowBucket6, FlowKey, FlowKey4, FlowValue, GatewayValue, MAX_GATEWAYS,
-        MAX_VIPS, NodeConfig, RING_SIZE, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey,
-        VipSlot, VipStats, VipValue, flow_buckets, flow_entry4_decode, flow_entry6_decode,
-        map_names, vip_filter_bit, vip_slot_hash,
+        MAX_VIPS, NodeConfig, RING_CHUNK_SLOTS, RING_CHUNKS, RING_NO_GATEWAY, RING_SIZE, RingChunk,
+        VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey, VipSlot, VipStats, VipValue,
+        flow_buckets, flow_entry4_decode, flow_entry6_decode, map_names, ring_slot_gateway,
+        ring_slot_value, vip_filter_bit, vip_slot_hash,
     },
 };
 
@@ -399,10 +400,11 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Installs `ring` (exactly [`RING_SIZE`] gateway ids) as VIP `vip_id`'s ring without a
-    /// packet ever seeing a half-written ring: the inactive copy is written (only the slots
-    /// that differ from what it holds), then the selector flips to it in one 4-byte write.
-    /// Returns the number of slots written.
+    /// Installs `ring` (exactly [`RING_SIZE`] gateway ids, each below [`MAX_GATEWAYS`]) as
+    /// VIP `vip_id`'s ring without a packet ever seeing a half-written ring: the inactive
+    /// copy is written (only the `RINGS` entries of 32 slots that hold a slot that differs
+    /// from what the copy holds), then the selector flips to it in one 4-byte write.
+    /// Returns the number of slots that changed.
     pub fn write_ring(&mut self, vip_id: u32, ring: &[u32]) -> Result<usize> {
         check_range("VIP id", vip_id, MAX_VIPS)?;
         if ring.len() != RING_SIZE as usize {
@@ -410,6 +412,10 @@ impl Dataplane {
                 expected: RING_SIZE,
                 got: ring.len(),
             });
+        }
+        // Every slot must be storable in 16 bits: a gateway id, or none.
+        if let Some(gw) = ring.iter().find(|gw| ring_slot_value(**gw).is_none()) {
+            check_range("gateway id in a ring", *gw, MAX_GATEWAYS)?;
         }
         let shadow = self.rings.entry(vip_id).or_insert_with(|| RingShadow {
             copies: [vec![0; RING_SIZE as usize], vec![0; RING_SIZE as usize]],
@@ -428,18 +434,26 @@ impl Dataplane {
             .ebpf
             .map_mut(name)
             .ok_or(DataplaneError::MissingMap { name })?;
-        let mut rings = Array::<_, u32>::try_from(map).map_err(map_err(name))?;
-        let base = (vip_id * 2 + target) * RING_SIZE;
+        let mut rings = Array::<_, RingChunk>::try_from(map).map_err(map_err(name))?;
+        let base = (vip_id * 2 + target) * RING_CHUNKS;
         let copy = &mut shadow.copies[target as usize];
         let mut written = 0;
-        for (slot, (old, new)) in copy.iter_mut().zip(ring).enumerate() {
-            if old != new {
-                rings
-                    .set(base + slot as u32, *new, 0)
-                    .map_err(map_err(name))?;
-                *old = *new;
-                written += 1;
+        let chunk = RING_CHUNK_SLOTS as usize;
+        for (i, (old, new)) in copy.chunks_mut(chunk).zip(ring.chunks(chunk)).enumerate() {
+            let changed = old.iter().zip(new).filter(|(o, n)| o != n).count();
+            if changed == 0 {
+                continue;
             }
+            let mut entry = RingChunk::default();
+            for (slot, gw) in entry.slots.iter_mut().zip(new) {
+                // Checked above: every slot is storable.
+                *slot = ring_slot_value(*gw).unwrap_or(RING_NO_GATEWAY);
+            }
+            rings
+                .set(base + i as u32, entry, 0)
+                .map_err(map_err(name))?;
+            old.copy_from_slice(new);
+            written += changed;
         }
         let name = map_names::RING_SELECT;
         let map = self
@@ -460,11 +474,15 @@ impl Dataplane {
         let select = Array::<_, u32>::try_from(self.map(name)?).map_err(map_err(name))?;
         let active = select.get(&vip_id, 0).map_err(map_err(name))? & 1;
         let name = map_names::RINGS;
-        let rings = Array::<_, u32>::try_from(self.map(name)?).map_err(map_err(name))?;
-        let base = (vip_id * 2 + active) * RING_SIZE;
-        (0..RING_SIZE)
-            .map(|i| rings.get(&(base + i), 0).map_err(map_err(name)))
-            .collect()
+        let rings = Array::<_, RingChunk>::try_from(self.map(name)?).map_err(map_err(name))?;
+        let base = (vip_id * 2 + active) * RING_CHUNKS;
+        let mut ring = Vec::with_capacity((RING_CHUNKS * RING_CHUNK_SLOTS) as usize);
+        for i in 0..RING_CHUNKS {
+            let entry = rings.get(&(base + i), 0).map_err(map_err(name))?;
+            ring.extend(entry.slots.iter().map(|v| ring_slot_gateway(*v)));
+        }
+        ring.truncate(RING_SIZE as usize);
+        Ok(ring)
     }
 
     /// The entries of both connection tables, IPv4 flows as [`FlowKey`]s of family 4

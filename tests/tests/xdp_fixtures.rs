@@ -1104,3 +1104,38 @@ fn benchmark_floor_and_memory_probe() {
     past[..4].copy_from_slice(&4096u32.to_ne_bytes());
     assert_eq!(probe.run(&past).unwrap().action, drop, "index past the map");
 }
+
+/// Rings are stored 32 slots of 16 bits to a map entry: whatever a ring holds (ids up to
+/// the last gateway, "no gateway" slots, a last entry that is one slot long) reads back the
+/// same; a rewrite reports the slots that changed; a ring naming an id the data path
+/// cannot hold is refused and the ring in use stays.
+#[test]
+fn rings_read_back_as_written() {
+    if !require_root("rings_read_back_as_written") {
+        return;
+    }
+    use lb_common::datapath::{MAX_GATEWAYS, NO_GATEWAY};
+    let mut h = harness();
+    let vip_id = 5;
+    let mut ring: Vec<u32> = (0..RING_SIZE).map(|i| (i * 7919) % MAX_GATEWAYS).collect();
+    for i in (0..RING_SIZE as usize).step_by(97) {
+        ring[i] = NO_GATEWAY;
+    }
+    ring[RING_SIZE as usize - 1] = MAX_GATEWAYS - 1;
+    h.write_ring(vip_id, &ring).unwrap();
+    assert_eq!(h.dp.active_ring(vip_id).unwrap(), ring);
+    // The other copy held the standard ring: written again, three slots differ from it.
+    h.write_ring(vip_id, &ring).unwrap();
+    let mut next = ring.clone();
+    next[0] = 3;
+    next[31] = NO_GATEWAY;
+    next[RING_SIZE as usize - 1] = 0;
+    assert_eq!(h.dp.write_ring(vip_id, &next).unwrap(), 3);
+    assert_eq!(h.dp.active_ring(vip_id).unwrap(), next);
+
+    let mut bad = next.clone();
+    bad[100] = MAX_GATEWAYS;
+    let e = h.dp.write_ring(vip_id, &bad).unwrap_err().to_string();
+    assert!(e.contains("gateway id in a ring 1024"), "{e}");
+    assert_eq!(h.dp.active_ring(vip_id).unwrap(), next);
+}
