@@ -17,7 +17,9 @@
 //! kernel on this machine. The new-flow IPv4 and 1M-flow cases each touch one random
 //! bucket of that table, so the report also gives them net of the probe: the program's own
 //! work. Then, for context, the latency of one random memory access over working sets of
-//! the tables' sizes from user space (pointer chasing).
+//! the tables' sizes from user space (pointer chasing), and what installing a ring costs
+//! the loader (a gateway joining or leaving a service: the agent rewrites every service's
+//! ring).
 use std::{
     io::Write as _,
     net::{Ipv4Addr, Ipv6Addr},
@@ -29,11 +31,11 @@ use anyhow::{Context as _, bail};
 use clap::Parser;
 use lb_common::{
     ExitReason,
-    datapath::{FlowBucket4, FlowBucket6, flow_buckets},
+    datapath::{FlowBucket4, FlowBucket6, RING_SIZE, flow_buckets},
 };
 use lb_tests::{
     frames::{TCP_ACK, TCP_SYN, tcp4, tcp6},
-    xdp::{Harness, standard, std_state::*},
+    xdp::{Harness, ring_of, standard, std_state::*},
 };
 use lb_userspace::dataplane::{HelperPrograms, MemoryProbe};
 use serde::Serialize;
@@ -88,6 +90,9 @@ struct Report {
     /// given size, from user space (context for the new-flow and 1M-flow cases, each of
     /// which touches one random bucket of a table this big).
     memory_latency: Vec<MemoryLatency>,
+    /// Milliseconds to install a ring in which a third of the slots changed (a third
+    /// gateway joining a service).
+    ring_write_ms: f64,
 }
 
 #[derive(Debug, Serialize)]
@@ -425,7 +430,33 @@ fn main() -> anyhow::Result<()> {
             ns_per_access: ns,
         });
     }
+    // Installing a ring: a gateway joins a two-gateway service (a third of the slots
+    // change). Both copies hold the old ring first (the writer fills the inactive copy),
+    // and every call waits out the writer's grace period first, so no call waits for it.
+    let (before, after) = (ring_of(&[1, 2])?, ring_of(&[1, 2, 3])?);
+    let changed = before.iter().zip(&after).filter(|(a, b)| a != b).count();
+    let mut ring_ms = Vec::new();
+    for _ in 0..10 {
+        for ring in [&before, &before, &after] {
+            std::thread::sleep(lb_userspace::dataplane::RING_GRACE);
+            let start = Instant::now();
+            // Service 5 (VIP_SPLIT:80, see `standard`).
+            let written = h.dp.write_ring(5, ring)?;
+            if std::ptr::eq(ring, &after) {
+                if written != changed {
+                    bail!("ring install wrote {written} slots, expected {changed}");
+                }
+                ring_ms.push(start.elapsed().as_secs_f64() * 1e3);
+            }
+        }
+    }
+    let ring_write_ms = ring_ms.iter().sum::<f64>() / ring_ms.len() as f64;
+    writeln!(
+        out,
+        "ring install (a third gateway joins a service: {changed} of {RING_SIZE} slots change): {ring_write_ms:.2} ms"
+    )?;
     let report = Report {
+        ring_write_ms,
         kernel,
         cpu: args.cpu,
         flow_table_size: table,
