@@ -387,18 +387,129 @@ pub fn ring_slot_gateway(v: u16) -> u32 {
 }
 
 /// A bucket of the IPv4 connection table (`FLOWS4`): four entries of two words, 64
-/// bytes (one cache line).
+/// bytes (one cache line). Stored as [`FlowBucket6`] is: the entries' last words first.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowBucket4 {
-    pub ways: [[u64; 2]; FLOW_WAYS],
+    /// Each entry's last word (ports and protocol, check byte, gateway, referenced bit).
+    pub tails: [u64; FLOW_WAYS],
+    /// Each entry's first word (the addresses).
+    pub heads: [u64; FLOW_WAYS],
 }
 
 /// A bucket of the IPv6 connection table (`FLOWS6`): four entries of five words, 160 bytes.
+///
+/// The four entries' last words come first, together in the bucket's first 32 bytes, and
+/// their addresses after: recording a new flow, and passing over the entries of other
+/// flows, reads the last words only (an entry's addresses are read when its ports and
+/// protocol match), so it touches one cache line of the bucket instead of all three.
 #[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct FlowBucket6 {
-    pub ways: [[u64; 5]; FLOW_WAYS],
+    /// Each entry's last word (ports and protocol, check byte, gateway, referenced bit).
+    pub tails: [u64; FLOW_WAYS],
+    /// Each entry's first four words (source and destination addresses).
+    pub heads: [[u64; 4]; FLOW_WAYS],
+}
+
+/// A bucket's entries of `N` words, whatever the bucket's layout: the program's buckets
+/// ([`FlowBucket4`], [`FlowBucket6`]) keep the last words apart from the rest, the model
+/// keeps whole entries (`[[u64; N]; FLOW_WAYS]`). [`flow_lookup`] and [`flow_record`] see
+/// buckets through it, so both run the same code on either.
+pub trait FlowWays<const N: usize> {
+    /// Entry `i`'s last word.
+    fn tail(&self, i: usize) -> u64;
+    /// Writes entry `i`'s last word.
+    fn set_tail(&mut self, i: usize, tail: u64);
+    /// Whether entry `i`'s first `N - 1` words are `key`'s.
+    fn head_is(&self, i: usize, key: &[u64; N]) -> bool;
+    /// Entry `i`, whole.
+    fn entry(&self, i: usize) -> [u64; N];
+    /// Writes entry `i` whole.
+    fn set_entry(&mut self, i: usize, e: &[u64; N]);
+}
+
+/// `tail` and `set_tail` of the program's buckets, which keep the last words in `tails`.
+macro_rules! tails_first {
+    () => {
+        #[inline(always)]
+        fn tail(&self, i: usize) -> u64 {
+            self.tails[i & (FLOW_WAYS - 1)]
+        }
+        #[inline(always)]
+        fn set_tail(&mut self, i: usize, tail: u64) {
+            self.tails[i & (FLOW_WAYS - 1)] = tail;
+        }
+    };
+}
+
+impl FlowWays<2> for FlowBucket4 {
+    tails_first!();
+    #[inline(always)]
+    fn head_is(&self, i: usize, key: &[u64; 2]) -> bool {
+        self.heads[i & (FLOW_WAYS - 1)] == key[0]
+    }
+    #[inline(always)]
+    fn entry(&self, i: usize) -> [u64; 2] {
+        [
+            self.heads[i & (FLOW_WAYS - 1)],
+            self.tails[i & (FLOW_WAYS - 1)],
+        ]
+    }
+    #[inline(always)]
+    fn set_entry(&mut self, i: usize, e: &[u64; 2]) {
+        self.heads[i & (FLOW_WAYS - 1)] = e[0];
+        self.tails[i & (FLOW_WAYS - 1)] = e[1];
+    }
+}
+
+impl FlowWays<5> for FlowBucket6 {
+    tails_first!();
+    #[inline(always)]
+    fn head_is(&self, i: usize, key: &[u64; 5]) -> bool {
+        let h = &self.heads[i & (FLOW_WAYS - 1)];
+        h[0] == key[0] && h[1] == key[1] && h[2] == key[2] && h[3] == key[3]
+    }
+    #[inline(always)]
+    fn entry(&self, i: usize) -> [u64; 5] {
+        let h = self.heads[i & (FLOW_WAYS - 1)];
+        [h[0], h[1], h[2], h[3], self.tails[i & (FLOW_WAYS - 1)]]
+    }
+    #[inline(always)]
+    fn set_entry(&mut self, i: usize, e: &[u64; 5]) {
+        self.heads[i & (FLOW_WAYS - 1)] = [e[0], e[1], e[2], e[3]];
+        self.tails[i & (FLOW_WAYS - 1)] = e[4];
+    }
+}
+
+impl<const N: usize> FlowWays<N> for [[u64; N]; FLOW_WAYS] {
+    #[inline(always)]
+    fn tail(&self, i: usize) -> u64 {
+        self[i & (FLOW_WAYS - 1)][N - 1]
+    }
+    #[inline(always)]
+    fn set_tail(&mut self, i: usize, tail: u64) {
+        self[i & (FLOW_WAYS - 1)][N - 1] = tail;
+    }
+    #[inline(always)]
+    fn head_is(&self, i: usize, key: &[u64; N]) -> bool {
+        let e = &self[i & (FLOW_WAYS - 1)];
+        let mut same = true;
+        let mut j = 0;
+        while j + 1 < N {
+            same &= e[j] == key[j];
+            j += 1;
+        }
+        same
+    }
+    #[inline(always)]
+    fn entry(&self, i: usize) -> [u64; N] {
+        self[i & (FLOW_WAYS - 1)]
+    }
+    #[inline(always)]
+    fn set_entry(&mut self, i: usize, e: &[u64; N]) {
+        self[i & (FLOW_WAYS - 1)] = *e;
+    }
 }
 
 /// Buckets of each connection table for a size of `flows` entries (rounded up).
@@ -472,17 +583,12 @@ pub fn flow_entry<const N: usize>(key: &[u64; N], hash: u32, gw: u32) -> [u64; N
     e
 }
 
-/// Whether entry `e` holds the flow with key words `key` (its key part; the check byte,
-/// gateway and referenced bit aside).
+/// Whether entry `i` of `ways` holds the flow with key words `key` (its key part; the
+/// check byte, gateway and referenced bit aside). The last word is compared first and the
+/// others only when it matches, so passing over other flows' entries reads last words only.
 #[inline(always)]
-fn same_key<const N: usize>(e: &[u64; N], key: &[u64; N]) -> bool {
-    let mut same = e[N - 1] & FLOW_TAIL_KEY_MASK == key[N - 1];
-    let mut i = 0;
-    while i + 1 < N {
-        same &= e[i] == key[i];
-        i += 1;
-    }
-    same
+fn same_key<const N: usize, W: FlowWays<N>>(ways: &W, i: usize, key: &[u64; N]) -> bool {
+    ways.tail(i) & FLOW_TAIL_KEY_MASK == key[N - 1] && ways.head_is(i, key)
 }
 
 /// The gateway an entry's last word names.
@@ -496,18 +602,17 @@ fn entry_gateway(last: u64) -> u32 {
 /// referenced ([`FLOW_REF`]; written only when not set yet, so a busy flow's entry is
 /// written once per eviction sweep, not per packet).
 #[inline(always)]
-pub fn flow_lookup<const N: usize>(
-    ways: &mut [[u64; N]; FLOW_WAYS],
+pub fn flow_lookup<const N: usize, W: FlowWays<N>>(
+    ways: &mut W,
     key: &[u64; N],
     hash: u32,
 ) -> Option<u32> {
     let mut i = 0;
     while i < FLOW_WAYS {
-        let e = ways[i];
-        let last = e[N - 1];
-        if same_key(&e, key) && (last >> 40) & 0xff == u64::from(hash & 0xff) {
+        let last = ways.tail(i);
+        if (last >> 40) & 0xff == u64::from(hash & 0xff) && same_key(ways, i, key) {
             if last & FLOW_REF == 0 {
-                ways[i][N - 1] = last | FLOW_REF;
+                ways.set_tail(i, last | FLOW_REF);
             }
             return Some(entry_gateway(last));
         }
@@ -524,8 +629,8 @@ pub fn flow_lookup<const N: usize>(
 /// (the starting one if all four were referenced). Flows that see packets thus outlive
 /// flows that do not (a flood of SYNs evicts its own entries first).
 #[inline(always)]
-pub fn flow_record<const N: usize>(
-    ways: &mut [[u64; N]; FLOW_WAYS],
+pub fn flow_record<const N: usize, W: FlowWays<N>>(
+    ways: &mut W,
     key: &[u64; N],
     hash: u32,
     gw: u32,
@@ -534,18 +639,17 @@ pub fn flow_record<const N: usize>(
     let mut free = FLOW_WAYS;
     let mut i = 0;
     while i < FLOW_WAYS {
-        let e = ways[i];
-        if same_key(&e, key) {
-            ways[i] = entry;
+        if same_key(ways, i, key) {
+            ways.set_entry(i, &entry);
             return;
         }
-        if free == FLOW_WAYS && (e[N - 1] >> 32) & 0xff == 0 {
+        if free == FLOW_WAYS && (ways.tail(i) >> 32) & 0xff == 0 {
             free = i;
         }
         i += 1;
     }
     if free < FLOW_WAYS {
-        ways[free] = entry;
+        ways.set_entry(free, &entry);
         return;
     }
     let start = (hash >> 8) as usize;
@@ -553,15 +657,15 @@ pub fn flow_record<const N: usize>(
     let mut j = 0;
     while j < FLOW_WAYS {
         let w = (start + j) & (FLOW_WAYS - 1);
-        let last = ways[w][N - 1];
+        let last = ways.tail(w);
         if last & FLOW_REF == 0 {
             victim = w;
             break;
         }
-        ways[w][N - 1] = last & !FLOW_REF;
+        ways.set_tail(w, last & !FLOW_REF);
         j += 1;
     }
-    ways[victim & (FLOW_WAYS - 1)] = entry;
+    ways.set_entry(victim, &entry);
 }
 
 /// The flow an IPv4 table entry holds, if the entry is in use and whole (check byte).
@@ -872,6 +976,51 @@ mod tests {
 
     /// Every slot of every ring copy has its own place in `RINGS`, inside the map, and the
     /// slots of one copy are stored in order (what the loader's writer assumes).
+    /// The program's buckets (last words apart) and whole-entry buckets (the model's) go
+    /// through the same states under the same records and lookups, way for way.
+    #[test]
+    fn bucket_layouts_behave_alike() {
+        fn run<const N: usize, B: FlowWays<N> + Default>(seed: u64) {
+            let mut x = seed;
+            let mut next = move || {
+                x = x
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                x >> 33
+            };
+            let mut program = B::default();
+            let mut model = [[0u64; N]; FLOW_WAYS];
+            for step in 0..20_000 {
+                // Keys from a pool of 12 for one bucket: same keys, free ways and evictions.
+                let k = next() % 12;
+                let mut key = [0u64; N];
+                for (j, w) in key.iter_mut().enumerate() {
+                    *w = k.wrapping_mul(0x9e37_79b9) ^ j as u64;
+                }
+                key[N - 1] = (0x0600_0000_0000 | k) & FLOW_TAIL_KEY_MASK;
+                let hash = flow_table_hash(&key);
+                if next() % 3 == 0 {
+                    let gw = (next() % u64::from(MAX_GATEWAYS)) as u32;
+                    flow_record(&mut program, &key, hash, gw);
+                    flow_record(&mut model, &key, hash, gw);
+                } else {
+                    assert_eq!(
+                        flow_lookup(&mut program, &key, hash),
+                        flow_lookup(&mut model, &key, hash),
+                        "step {step}"
+                    );
+                }
+                for i in 0..FLOW_WAYS {
+                    assert_eq!(program.entry(i), model.entry(i), "step {step} way {i}");
+                }
+            }
+        }
+        for seed in 1..4 {
+            run::<2, FlowBucket4>(seed);
+            run::<5, FlowBucket6>(seed);
+        }
+    }
+
     #[test]
     fn ring_slots_store_every_gateway_and_none() {
         for gw in [0, 1, MAX_GATEWAYS - 1, NO_GATEWAY] {

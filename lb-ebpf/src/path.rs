@@ -336,14 +336,14 @@ fn lookup_flow(family: u8, key: &FlowKey) -> u32 {
         let k = key.words4();
         let hash = flow_table_hash(&k);
         match FLOWS4.get_ptr_mut(flow_bucket(hash, buckets)) {
-            Some(b) => flow_lookup(unsafe { &mut (*b).ways }, &k, hash),
+            Some(b) => flow_lookup(unsafe { &mut *b }, &k, hash),
             None => None,
         }
     } else {
         let k = key.words6();
         let hash = flow_table_hash(&k);
         match FLOWS6.get_ptr_mut(flow_bucket(hash, buckets)) {
-            Some(b) => flow_lookup(unsafe { &mut (*b).ways }, &k, hash),
+            Some(b) => flow_lookup(unsafe { &mut *b }, &k, hash),
             None => None,
         }
     };
@@ -364,13 +364,13 @@ fn record_flow(family: u8, key: &FlowKey, gw: u32) {
         let k = key.words4();
         let hash = flow_table_hash(&k);
         if let Some(b) = FLOWS4.get_ptr_mut(flow_bucket(hash, buckets)) {
-            flow_record(unsafe { &mut (*b).ways }, &k, hash, gw);
+            flow_record(unsafe { &mut *b }, &k, hash, gw);
         }
     } else {
         let k = key.words6();
         let hash = flow_table_hash(&k);
         if let Some(b) = FLOWS6.get_ptr_mut(flow_bucket(hash, buckets)) {
-            flow_record(unsafe { &mut (*b).ways }, &k, hash, gw);
+            flow_record(unsafe { &mut *b }, &k, hash, gw);
         }
     }
 }

@@ -29,11 +29,11 @@ use aya::{
 use lb_common::{
     ExitReason, StatCounter,
     datapath::{
-        FlowBucket4, FlowBucket6, FlowKey, FlowKey4, FlowValue, GatewayValue, MAX_GATEWAYS,
-        MAX_VIPS, NodeConfig, RING_CHUNK_SLOTS, RING_CHUNKS, RING_NO_GATEWAY, RING_SIZE, RingChunk,
-        VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey, VipSlot, VipStats, VipValue,
-        flow_buckets, flow_entry4_decode, flow_entry6_decode, map_names, ring_slot_gateway,
-        ring_slot_value, vip_filter_bit, vip_slot_hash,
+        FLOW_WAYS, FlowBucket4, FlowBucket6, FlowKey, FlowKey4, FlowValue, FlowWays as _,
+        GatewayValue, MAX_GATEWAYS, MAX_VIPS, NodeConfig, RING_CHUNK_SLOTS, RING_CHUNKS,
+        RING_NO_GATEWAY, RING_SIZE, RingChunk, VIP_PROBES, VIP_SLOT_USED, VIP_TABLE_SLOTS, VipKey,
+        VipSlot, VipStats, VipValue, flow_buckets, flow_entry4_decode, flow_entry6_decode,
+        map_names, ring_slot_gateway, ring_slot_value, vip_filter_bit, vip_slot_hash,
     },
 };
 
@@ -503,7 +503,7 @@ impl Dataplane {
         let buckets = self.buckets::<FlowBucket4>(map_names::FLOWS4)?;
         Ok(buckets
             .iter()
-            .flat_map(|b| b.ways.iter().filter_map(flow_entry4_decode))
+            .flat_map(|b| (0..FLOW_WAYS).filter_map(|i| flow_entry4_decode(&b.entry(i))))
             .collect())
     }
 
@@ -512,7 +512,7 @@ impl Dataplane {
         let buckets = self.buckets::<FlowBucket6>(map_names::FLOWS6)?;
         Ok(buckets
             .iter()
-            .flat_map(|b| b.ways.iter().filter_map(flow_entry6_decode))
+            .flat_map(|b| (0..FLOW_WAYS).filter_map(|i| flow_entry6_decode(&b.entry(i))))
             .collect())
     }
 
