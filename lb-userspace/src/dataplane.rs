@@ -400,7 +400,8 @@ impl Dataplane {
         Ok(out)
     }
 
-    /// Installs `ring` (exactly [`RING_SIZE`] gateway ids, each below [`MAX_GATEWAYS`]) as
+    /// Installs `ring` (exactly [`RING_SIZE`] slots, each a gateway id below
+    /// [`MAX_GATEWAYS`] or `NO_GATEWAY`, Maglev's slot of a ring without gateways) as
     /// VIP `vip_id`'s ring without a packet ever seeing a half-written ring: the inactive
     /// copy is written (only the `RINGS` entries of 32 slots that hold a slot that differs
     /// from what the copy holds), then the selector flips to it in one 4-byte write.
@@ -415,7 +416,11 @@ impl Dataplane {
         }
         // Every slot must be storable in 16 bits: a gateway id, or none.
         if let Some(gw) = ring.iter().find(|gw| ring_slot_value(**gw).is_none()) {
-            check_range("gateway id in a ring", *gw, MAX_GATEWAYS)?;
+            return Err(DataplaneError::OutOfRange {
+                what: "gateway id in a ring",
+                index: *gw,
+                max: MAX_GATEWAYS,
+            });
         }
         let shadow = self.rings.entry(vip_id).or_insert_with(|| RingShadow {
             copies: [vec![0; RING_SIZE as usize], vec![0; RING_SIZE as usize]],
