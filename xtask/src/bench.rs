@@ -14,7 +14,8 @@ pub enum Bench {
         json: Option<PathBuf>,
     },
     /// The XDP data path: ns per packet through BPF_PROG_TEST_RUN, net of a trivial
-    /// program's floor (runs lb-tests' `lb-bench-xdp` in release; needs root).
+    /// program's floor, with a memory probe (a random bucket of a table that size) and the
+    /// time to install a ring (runs lb-tests' `lb-bench-xdp` in release; needs root).
     Xdp {
         /// Also write the results as JSON.
         #[arg(long)]
