@@ -21,7 +21,9 @@
 //! - **measures**: requests per second and p99 latency from wrk (h2load reports the mean
 //!   request time instead), and the proxy's CPU use: the utime + stime of all its processes
 //!   (/proc/PID/stat) over the run divided by the run's wall time, 100% = one core, and from
-//!   both the CPU time per request (the figure other load on the machine disturbs least);
+//!   both the CPU time per request (the figure other load on the machine disturbs least),
+//!   split into user space (utime) and the kernel's work on the proxy's behalf (stime: its
+//!   system calls and the network stack, where most of a proxied request's time goes);
 //! - each case is run [`RUNS`] times, the proxies interleaved within each round, after a
 //!   warm-up; the medians are reported, with the ratios of lb-gateway to NGINX and HAProxy.
 //!
@@ -130,6 +132,9 @@ pub struct Run {
     pub mean_ms: Option<f64>,
     /// CPU time of the proxy over wall time; 100 = one core.
     pub cpu_percent: f64,
+    /// The user-space part of `cpu_percent` (the rest is the kernel's, on the proxy's
+    /// behalf: its system calls and the network stack).
+    pub user_cpu_percent: f64,
     /// Failed requests, non-2xx answers and socket errors.
     pub errors: u64,
 }
@@ -146,6 +151,8 @@ pub struct Measured {
     /// Median over runs of the proxy's CPU time per request, in microseconds: the figure that
     /// other load on the machine disturbs least.
     pub median_cpu_us_per_request: f64,
+    /// The same, user space only; the kernel's share is the difference.
+    pub median_user_us_per_request: f64,
 }
 
 /// One case: every proxy, and lb-gateway's ratios.
@@ -318,13 +325,14 @@ impl Running {
         pids
     }
 
-    /// utime + stime of the process and its children, in clock ticks.
-    fn cpu_ticks(&self) -> u64 {
+    /// utime + stime, and utime alone, of the process and its children, in clock ticks.
+    fn cpu_ticks(&self) -> (u64, u64) {
         self.pids()
             .into_iter()
             .filter_map(stat_fields)
-            .map(|f| f.ticks)
-            .sum()
+            .fold((0, 0), |(all, user), f| {
+                (all + f.ticks, user + f.user_ticks)
+            })
     }
 }
 
@@ -353,7 +361,10 @@ impl Drop for Running {
 
 struct StatFields {
     ppid: u32,
+    /// utime + stime.
     ticks: u64,
+    /// utime.
+    user_ticks: u64,
 }
 
 /// ppid and utime + stime from /proc/PID/stat (fields 4, 14 and 15; the command name in
@@ -367,9 +378,11 @@ fn parse_stat(text: &str) -> Option<StatFields> {
     let rest = &text[text.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // f[0] is field 3 (state).
+    let user: u64 = f.get(11)?.parse().ok()?;
     Some(StatFields {
         ppid: f.get(1)?.parse().ok()?,
-        ticks: f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?,
+        ticks: user + f.get(12)?.parse::<u64>().ok()?,
+        user_ticks: user,
     })
 }
 
@@ -718,14 +731,15 @@ respond = {{ status = 404, body = "no route" }}
         line.split_whitespace().map(str::to_owned).collect()
     }
 
-    /// One bounded load run; returns the tool's output and the proxy's CPU use.
+    /// One bounded load run; returns the tool's output and the proxy's CPU use, all and
+    /// user space only (percent of one core).
     fn load(
         &self,
         case: Case,
         proxy: Proxy,
         running: &Running,
         seconds: u64,
-    ) -> anyhow::Result<(String, f64)> {
+    ) -> anyhow::Result<(String, f64, f64)> {
         let args = self.load_command(case, proxy, seconds);
         let mut cmd = Command::new("timeout");
         cmd.arg((seconds + 30).to_string())
@@ -737,7 +751,9 @@ respond = {{ status = 404, body = "no route" }}
             .output()
             .with_context(|| format!("running {}", args.join(" ")))?;
         let wall = started.elapsed().as_secs_f64();
-        let ticks = running.cpu_ticks().saturating_sub(ticks_before);
+        let ticks_after = running.cpu_ticks();
+        let ticks = ticks_after.0.saturating_sub(ticks_before.0);
+        let user_ticks = ticks_after.1.saturating_sub(ticks_before.1);
         if !out.status.success() {
             bail!(
                 "{} failed ({}): {}",
@@ -749,8 +765,12 @@ respond = {{ status = 404, body = "no route" }}
         let hz: f64 = shell::output("getconf", &["CLK_TCK"])
             .and_then(|s| s.trim().parse().ok())
             .unwrap_or(100.0);
-        let cpu = ticks as f64 / hz / wall * 100.0;
-        Ok((String::from_utf8_lossy(&out.stdout).into_owned(), cpu))
+        let percent = |t: u64| t as f64 / hz / wall * 100.0;
+        Ok((
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            percent(ticks),
+            percent(user_ticks),
+        ))
     }
 
     /// See [`train`].
@@ -858,8 +878,8 @@ respond = {{ status = 404, body = "no route" }}
             running.iter().map(|(p, _)| (*p, Vec::new())).collect();
         for round in 0..RUNS {
             for (i, (proxy, r)) in running.iter().enumerate() {
-                let (out, cpu) = self.load(case, *proxy, r, self.seconds)?;
-                let run = parse_run(case, &out, cpu).with_context(|| {
+                let (out, cpu, user) = self.load(case, *proxy, r, self.seconds)?;
+                let run = parse_run(case, &out, cpu, user).with_context(|| {
                     format!("cannot parse the output of {}:\n{out}", proxy.name())
                 })?;
                 println!(
@@ -893,6 +913,10 @@ respond = {{ status = 404, body = "no route" }}
                         Some(r.cpu_percent * 10_000.0 / r.requests_per_second)
                     })
                     .unwrap_or(f64::NAN),
+                    median_user_us_per_request: pick(&|r| {
+                        Some(r.user_cpu_percent * 10_000.0 / r.requests_per_second)
+                    })
+                    .unwrap_or(f64::NAN),
                     runs,
                 }
             })
@@ -919,8 +943,9 @@ respond = {{ status = 404, body = "no route" }}
     }
 }
 
-/// Reads one run's figures from wrk or h2load output.
-fn parse_run(case: Case, out: &str, cpu: f64) -> Option<Run> {
+/// Reads one run's figures from wrk or h2load output (`cpu` and `user`: the proxy's CPU use
+/// in percent of one core, all and user space only).
+fn parse_run(case: Case, out: &str, cpu: f64, user: f64) -> Option<Run> {
     match case {
         Case::H2c | Case::FixedRate => {
             let finished = out
@@ -964,6 +989,7 @@ fn parse_run(case: Case, out: &str, cpu: f64) -> Option<Run> {
                 p99_ms: None,
                 mean_ms: mean,
                 cpu_percent: cpu,
+                user_cpu_percent: user,
                 errors: count("failed")? + count("errored")? + count("timeout")? + non_2xx,
             })
         }
@@ -997,6 +1023,7 @@ fn parse_run(case: Case, out: &str, cpu: f64) -> Option<Run> {
                 p99_ms: Some(p99?),
                 mean_ms: None,
                 cpu_percent: cpu,
+                user_cpu_percent: user,
                 errors: non_2xx + socket,
             })
         }
@@ -1065,19 +1092,21 @@ fn render(report: &Report) -> String {
     for c in &report.cases {
         s.push_str(&format!("\n{}\n  command: {}\n", c.title, c.command));
         s.push_str(&format!(
-            "  {:<11} {:>10} {:>10} {:>10} {:>8} {:>10}\n",
-            "proxy", "req/s", "p99 ms", "mean ms", "cpu %", "cpu us/req"
+            "  {:<11} {:>10} {:>10} {:>10} {:>8} {:>10} {:>10} {:>12}\n",
+            "proxy", "req/s", "p99 ms", "mean ms", "cpu %", "cpu us/req", "user us", "kernel us"
         ));
         for m in &c.results {
             let opt = |v: Option<f64>| v.map_or("-".to_owned(), |v| format!("{v:.2}"));
             s.push_str(&format!(
-                "  {:<11} {:>10.0} {:>10} {:>10} {:>8.1} {:>10.1}\n",
+                "  {:<11} {:>10.0} {:>10} {:>10} {:>8.1} {:>10.1} {:>10.1} {:>12.1}\n",
                 m.proxy.name(),
                 m.median_requests_per_second,
                 opt(m.median_p99_ms),
                 opt(m.median_mean_ms),
                 m.median_cpu_percent,
-                m.median_cpu_us_per_request
+                m.median_cpu_us_per_request,
+                m.median_user_us_per_request,
+                m.median_cpu_us_per_request - m.median_user_us_per_request
             ));
         }
         let what = if c.case == Case::FixedRate {
@@ -1102,16 +1131,17 @@ mod tests {
     #[test]
     fn parses_wrk_output() {
         let out = "Running 10s test @ http://127.0.0.1:1/\n  1 threads and 50 connections\n  Latency Distribution\n     50%  500.00us\n     99%    1.50ms\n  100 requests in 10.00s, 1.00MB read\n  Non-2xx or 3xx responses: 2\n  Socket errors: connect 0, read 1, write 0, timeout 3\nRequests/sec:  12345.67\nTransfer/sec:      1.23MB\n";
-        let r = parse_run(Case::Http1, out, 50.0).unwrap();
+        let r = parse_run(Case::Http1, out, 50.0, 12.5).unwrap();
         assert!((r.requests_per_second - 12345.67).abs() < 1e-9);
         assert_eq!(r.p99_ms, Some(1.5));
         assert_eq!(r.errors, 6);
+        assert_eq!((r.cpu_percent, r.user_cpu_percent), (50.0, 12.5));
     }
 
     #[test]
     fn parses_h2load_output() {
         let out = "finished in 10.00s, 20000.10 req/s, 1.23MB/s\nrequests: 200001 total, 200001 started, 200001 done, 199999 succeeded, 2 failed, 1 errored, 0 timeout\nstatus codes: 199999 2xx, 0 3xx, 0 4xx, 4 5xx\ntime for request:      100us      4.00ms       250us       50us    90.00%\n";
-        let r = parse_run(Case::FixedRate, out, 20.0).unwrap();
+        let r = parse_run(Case::FixedRate, out, 20.0, 5.0).unwrap();
         assert!((r.requests_per_second - 20000.1).abs() < 1e-9);
         assert_eq!(r.mean_ms, Some(0.25));
         assert_eq!(r.errors, 7);
@@ -1120,7 +1150,7 @@ mod tests {
     #[test]
     fn parses_proc_stat() {
         let f = parse_stat("42 (a b) c) S 7 1 1 0 -1 0 0 0 0 0 150 25 0 0 20 0 1 0").unwrap();
-        assert_eq!((f.ppid, f.ticks), (7, 175));
+        assert_eq!((f.ppid, f.ticks, f.user_ticks), (7, 175, 150));
     }
 
     #[test]
