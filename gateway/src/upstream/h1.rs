@@ -83,19 +83,17 @@ impl Conn {
     }
 
     /// Reads more bytes into the buffer; `Ok(0)` when the member closed the connection.
+    ///
+    /// Through `AsyncRead::poll_read`, not `try_read_buf`: tokio's `poll_read` takes a read
+    /// that does not fill the buffer as the socket drained and forgets its readiness, so
+    /// [`Conn::is_usable`] on the idle connection then costs no system call. (With
+    /// `try_read_buf` the readiness stayed, and every request paid a `recvfrom` that returned
+    /// EAGAIN.)
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 8 {
             self.buf.reserve(READ_CHUNK);
         }
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            match self.io.try_read_buf(&mut self.buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                // A stale readiness: wait for the next one.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 }
 
