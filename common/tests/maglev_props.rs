@@ -85,9 +85,15 @@ fn assert_balanced(backends: &[MaglevBackend], table: &[u32], percent_for_all: b
 /// Maglev is not perfectly minimal: besides the changed backend's own slots, some slots
 /// move between unchanged backends, more so as n/M grows (plain unweighted Maglev moves
 /// about 1.6x the ideal at n = 100, M = 65537, and single sets reach about 2.1x around
-/// n = 44). The bound allows 2.5x the ideal plus 0.5% of the table.
-fn disruption_bound(_n: usize, ideal: f64) -> f64 {
-    2.5 * ideal + 0.005
+/// n = 44). With weights, a change to a light backend still changes every other backend's
+/// quota, so the slots moving between the others scale with an equal share (1/n), not
+/// with the changed backend's own share: removing a weight-1 backend of 34 (1% of the
+/// slots) moved 3.4% (the case in `maglev_props.proptest-regressions`, found by CI). The
+/// bound allows 2.5x the larger of the two plus 0.5% of the table: the issue's "little
+/// more than that gateway's 1/N". (1,500 random cases each of removing, adding and
+/// reweighting, n up to 100, weights 1-6: at most 57% of this bound.)
+fn disruption_bound(n: usize, ideal: f64) -> f64 {
+    2.5 * ideal.max(1.0 / n as f64) + 0.005
 }
 
 proptest! {
