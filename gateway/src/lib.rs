@@ -10,6 +10,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod allocator;
 pub mod body;
+pub mod clock;
 pub mod config;
 pub mod conn;
 pub mod entropy;

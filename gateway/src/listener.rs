@@ -10,10 +10,10 @@
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
@@ -24,6 +24,7 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt;
 
 use crate::body;
+use crate::clock;
 use crate::conn::{ConnHold, ConnInfo};
 use crate::framing::FramingGuard;
 use crate::server::{ConnectionGuard, Shared};
@@ -31,43 +32,40 @@ use crate::server::{ConnectionGuard, Shared};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Live state of one client connection, shared by its IO wrapper, its requests and its
-/// watchdog.
+/// watchdog. The stamps are [`clock::coarse_millis`] values (0: not set), compared only with
+/// timeouts of seconds.
 #[derive(Debug)]
 struct ConnState {
     in_flight: AtomicUsize,
-    /// When the first byte of a not-yet-dispatched request arrived.
-    partial_since: Mutex<Option<Instant>>,
+    /// When the first byte of a not-yet-dispatched request arrived (0: no partial request).
+    partial_since: AtomicU64,
     /// Last time the connection went idle (start, or a response finished).
-    idle_since: Mutex<Instant>,
+    idle_since: AtomicU64,
 }
 
 impl ConnState {
-    fn new(now: Instant) -> Self {
+    fn new(now: u64) -> Self {
         Self {
             in_flight: AtomicUsize::new(0),
-            partial_since: Mutex::new(None),
-            idle_since: Mutex::new(now),
+            partial_since: AtomicU64::new(0),
+            idle_since: AtomicU64::new(now),
         }
     }
 
-    fn on_read(&self, now: Instant) {
-        if self.in_flight.load(Ordering::Acquire) == 0 {
-            let mut p = self
-                .partial_since
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if p.is_none() {
-                *p = Some(now);
-            }
+    /// Bytes arrived: between requests, they begin a partial request (the first stamp
+    /// stays).
+    fn on_read(&self) {
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && self.partial_since.load(Ordering::Relaxed) == 0
+        {
+            self.partial_since
+                .store(clock::coarse_millis(), Ordering::Relaxed);
         }
     }
 
     fn request_started(self: &Arc<Self>) -> RequestGuard {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        *self
-            .partial_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
+        self.partial_since.store(0, Ordering::Relaxed);
         RequestGuard(Arc::clone(self))
     }
 }
@@ -77,11 +75,9 @@ struct RequestGuard(Arc<ConnState>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        *self
-            .0
+        self.0
             .idle_since
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+            .store(clock::coarse_millis(), Ordering::Relaxed);
         self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -117,7 +113,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for WatchedIo<S> {
             && let Some(framing) = &mut this.framing
             && !framing.tunnel.load(Ordering::Relaxed)
         {
-            this.state.on_read(Instant::now());
+            this.state.on_read();
             if framing.guard.feed(fresh) {
                 framing.ambiguous.store(true, Ordering::Release);
             }
@@ -244,7 +240,7 @@ async fn serve_connection(
     let limits = listener.config.clone();
     let tls = listener.tls.clone();
     drop(snapshot);
-    let state = Arc::new(ConnState::new(Instant::now()));
+    let state = Arc::new(ConnState::new(clock::coarse_millis()));
     let conn = ConnInfo::new(
         Arc::clone(&name),
         peer,
@@ -521,27 +517,20 @@ fn watchdog(state: &ConnState, header_timeout: Duration, idle_timeout: Duration)
     if state.in_flight.load(Ordering::Acquire) > 0 {
         return Verdict::Ok;
     }
-    let now = Instant::now();
-    let partial = *state
-        .partial_since
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner);
-    match partial {
-        Some(since) if now.saturating_duration_since(since) >= header_timeout => {
+    let now = clock::coarse_millis();
+    let partial = state.partial_since.load(Ordering::Relaxed);
+    if partial != 0 {
+        if now.saturating_sub(partial) >= clock::millis(header_timeout) {
             Verdict::HeaderTimeout
+        } else {
+            Verdict::Ok
         }
-        Some(_) => Verdict::Ok,
-        None => {
-            let idle = *state
-                .idle_since
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            if now.saturating_duration_since(idle) >= idle_timeout {
-                Verdict::Idle
-            } else {
-                Verdict::Ok
-            }
-        }
+    } else if now.saturating_sub(state.idle_since.load(Ordering::Relaxed))
+        >= clock::millis(idle_timeout)
+    {
+        Verdict::Idle
+    } else {
+        Verdict::Ok
     }
 }
 
@@ -559,7 +548,7 @@ mod tests {
         let control = Arc::new(Control::default());
         let long = Duration::from_secs(60);
         let watchdog = AbortOnDrop(tokio::spawn(watch_connection(
-            Arc::new(ConnState::new(Instant::now())),
+            Arc::new(ConnState::new(clock::coarse_millis())),
             Arc::clone(&control),
             rx,
             long,

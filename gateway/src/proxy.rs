@@ -505,10 +505,9 @@ async fn forward(
         let per_try = cfg.try_timeout.min(remaining);
         let span = tracing::debug_span!("upstream_attempt", upstream = name, member = %member.address, attempt);
         let try_deadline = tokio::time::Instant::from_std(now + per_try);
-        let result =
-            tokio::time::timeout_at(try_deadline, send_attempt(up, member, upstream_req, now))
-                .instrument(span)
-                .await;
+        let result = tokio::time::timeout_at(try_deadline, send_attempt(up, member, upstream_req))
+            .instrument(span)
+            .await;
         let done = Instant::now();
         // The client's body failed (too large, or the client went away): not the member's
         // fault, and nothing to retry.
@@ -664,13 +663,11 @@ enum AttemptRequest<'a> {
 /// own client for requests with the body in memory, else hyper), else through its pooled
 /// hyper-util client. Returns the response head, whether the connection was reused, and the
 /// pool lease to hold until the response body ends (the own client's body hands its
-/// connection back itself). `now` is the attempt's start (it tells the pool which idle
-/// connections have expired).
+/// connection back itself).
 async fn send_attempt(
     up: &Upstream,
     member: &Arc<Member>,
     req: AttemptRequest<'_>,
-    now: Instant,
 ) -> Result<(Response<UpstreamBody>, bool, Option<Lease>), AttemptError> {
     let send_error = |e| match e {
         SendError::Connect(e) => AttemptError::Connect(e),
@@ -690,15 +687,7 @@ async fn send_attempt(
                 ));
             };
             let (res, reused) = pool
-                .send_h1(
-                    member,
-                    authority,
-                    method,
-                    path_and_query,
-                    headers,
-                    body,
-                    now,
-                )
+                .send_h1(member, authority, method, path_and_query, headers, body)
                 .await
                 .map_err(send_error)?;
             return Ok((res.map(UpstreamBody::H1), reused, None));
@@ -707,7 +696,7 @@ async fn send_attempt(
     if let (Some(pool), Some(authority)) = (&up.pool, &member.authority) {
         // Boxed: this path is rare (streamed bodies, upgrades), and its future inline would
         // enlarge every request's future, which is moved (copied) whole.
-        let (res, reused, lease) = Box::pin(pool.send(member, authority, req, now))
+        let (res, reused, lease) = Box::pin(pool.send(member, authority, req))
             .await
             .map_err(send_error)?;
         return Ok((res.map(UpstreamBody::Hyper), reused, Some(lease)));

@@ -24,7 +24,7 @@ use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 
 use super::client::ConnectionUses;
 use super::member::Member;
+use crate::clock;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -110,7 +111,7 @@ impl PoolReturn {
         if self.max_idle > 0 {
             self.member
                 .idle
-                .push_conn(conn, Instant::now() + self.idle_timeout, self.max_idle);
+                .push_conn(conn, clock::expiry(self.idle_timeout), self.max_idle);
         }
     }
 }
@@ -689,7 +690,7 @@ impl http_body::Body for UpstreamBody {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use http_body::Body as _;
     use http_body_util::BodyExt;

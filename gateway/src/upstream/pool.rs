@@ -22,7 +22,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery};
@@ -35,6 +35,7 @@ use super::client::{ConnectionUses, CountingConnector, TaggedIo};
 use super::h1::{self, Conn};
 use super::member::Member;
 use crate::body::RequestBody;
+use crate::clock;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -54,13 +55,15 @@ pub enum SendError {
 struct Idle {
     sender: SendRequest<RequestBody>,
     uses: ConnectionUses,
-    expires: Instant,
+    /// [`clock::coarse_millis`] after which the connection is not reused.
+    expires: u64,
 }
 
 /// One idle connection of the own HTTP/1.1 client.
 struct IdleConn {
     conn: Conn,
-    expires: Instant,
+    /// [`clock::coarse_millis`] after which the connection is not reused.
+    expires: u64,
 }
 
 /// The idle connections of one member (most recently used last): hyper's, used by requests
@@ -92,7 +95,7 @@ impl IdleConnections {
     /// recently used one. A connection is handed back when its response body ends, a moment
     /// before its task has seen that end; waiting for that would cost the request a trip
     /// through the run queue.
-    fn pop(&self, now: Instant) -> Option<Idle> {
+    fn pop(&self, now: u64) -> Option<Idle> {
         let mut list = self.lock();
         loop {
             let pick = list
@@ -119,7 +122,7 @@ impl IdleConnections {
 
     /// The most recently used idle connection of the own client that has not expired and
     /// that the member has not closed (the others are dropped, which closes them).
-    fn pop_conn(&self, now: Instant) -> Option<Conn> {
+    fn pop_conn(&self, now: u64) -> Option<Conn> {
         let mut list = self.lock_conns();
         while let Some(idle) = list.pop() {
             if idle.expires > now && idle.conn.is_usable() {
@@ -134,8 +137,9 @@ impl IdleConnections {
         self.lock_conns().len()
     }
 
-    /// Keeps a connection of the own client for reuse until `expires`.
-    pub fn push_conn(&self, conn: Conn, expires: Instant, max_idle: usize) {
+    /// Keeps a connection of the own client for reuse until `expires` (a
+    /// [`clock::coarse_millis`] value).
+    pub fn push_conn(&self, conn: Conn, expires: u64, max_idle: usize) {
         let mut list = self.lock_conns();
         if list.len() < max_idle {
             list.push(IdleConn { conn, expires });
@@ -149,7 +153,7 @@ impl IdleConnections {
     }
 
     /// Drops (closes) expired connections and forgets closed ones.
-    fn sweep(&self, now: Instant) {
+    fn sweep(&self, now: u64) {
         self.lock()
             .retain(|i| i.expires > now && !i.sender.is_closed());
         self.lock_conns()
@@ -199,7 +203,7 @@ impl Drop for Lease {
                 Idle {
                     sender,
                     uses: self.uses.clone(),
-                    expires: Instant::now() + self.idle_timeout,
+                    expires: clock::expiry(self.idle_timeout),
                 },
                 self.max_idle,
             );
@@ -219,16 +223,15 @@ impl Http1Pool {
 
     /// Sends `req` (absolute URI) to `member`: on an idle connection if there is a usable one,
     /// else on a new one. Returns the response head, whether the connection was reused, and
-    /// the lease to hold until the response body is done. `now` (the caller's clock read)
-    /// tells which idle connections have expired.
+    /// the lease to hold until the response body is done.
     pub async fn send(
         &self,
         member: &Arc<Member>,
         authority: &Authority,
         mut req: Request<RequestBody>,
-        now: Instant,
     ) -> Result<(Response<Incoming>, bool, Lease), SendError> {
         to_origin_form(&mut req, authority);
+        let now = clock::coarse_millis();
         while let Some(idle) = member.idle.pop(now) {
             let mut sender = idle.sender;
             if sender.ready().await.is_err() {
@@ -271,8 +274,7 @@ impl Http1Pool {
     /// [`super::h1`]): on an idle connection if there is a usable one, else on a new one.
     /// `headers` must not set `Content-Length` or `Transfer-Encoding`. Returns the response
     /// (its body hands the connection back when read to the end) and whether the connection
-    /// was reused. `now` tells which idle connections have expired.
-    #[allow(clippy::too_many_arguments)]
+    /// was reused.
     pub async fn send_h1(
         &self,
         member: &Arc<Member>,
@@ -281,7 +283,6 @@ impl Http1Pool {
         path_and_query: &PathAndQuery,
         headers: &HeaderMap,
         body: &Bytes,
-        now: Instant,
     ) -> Result<(Response<h1::Body>, bool), SendError> {
         // `Host` from the member's authority when the request has none (as hyper's client
         // adds it), written after the other headers: the map is borrowed, not changed.
@@ -290,6 +291,7 @@ impl Http1Pool {
             .filter(|h| HeaderValue::from_str(h).is_ok());
         let wire = h1::encode_request(method, path_and_query.as_str(), headers, host, body);
         let head_request = *method == Method::HEAD;
+        let now = clock::coarse_millis();
         while let Some(mut conn) = member.idle.pop_conn(now) {
             match h1::write_request(&mut conn, &wire).await {
                 Ok(()) => return self.response(member, conn, head_request).await,
@@ -373,7 +375,7 @@ impl Http1Pool {
                 let Some(member) = weak.upgrade() else {
                     return;
                 };
-                member.idle.sweep(Instant::now());
+                member.idle.sweep(clock::coarse_millis());
             }
         });
     }
