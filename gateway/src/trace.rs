@@ -4,6 +4,7 @@
 //! else a random 128-bit hex id is generated. `traceparent` is propagated with a fresh
 //! parent id (this hop's span) when valid, else a new trace is started, sampled flag kept.
 
+use bytes::Bytes;
 use http::{HeaderName, HeaderValue};
 
 use crate::entropy;
@@ -23,7 +24,10 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
     }
     let mut id = [0u8; 32];
     entropy::hex_into(&mut id);
-    HeaderValue::from_bytes(&id).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // Owned by a reference-counted buffer from the start: the id goes upstream and into the
+    // response, and a clone of a copied slice would allocate a second time.
+    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// The `traceparent` to send upstream (same as [`TraceParent::child_of`]`(..).to_header()`,
@@ -117,7 +121,18 @@ mod tests {
         assert_eq!(request_id(Some(&ok)), ok);
         let bad = HeaderValue::from_static("has space");
         assert_eq!(request_id(Some(&bad)).len(), 32);
-        assert_eq!(request_id(None).len(), 32);
+        let fresh = request_id(None);
+        assert_eq!(fresh.len(), 32);
+        assert!(
+            fresh
+                .as_bytes()
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c)),
+            "not lower-case hex: {fresh:?}"
+        );
+        // A clone (the id goes upstream and into the response) is the same value.
+        assert_eq!(fresh.clone(), fresh);
+        assert_ne!(request_id(None), fresh);
     }
 
     #[test]
