@@ -338,7 +338,8 @@ async fn serve_http<S>(
     let draining = *shutdown.borrow();
     // The timer and the shutdown signal live in a task of their own: polled beside the
     // connection, they would be polled again on every wake-up of the connection (several per
-    // request); this way the connection polls one `Notified` that is cheap while pending.
+    // request); this way the connection polls only its `Control` (an atomic load and a waker
+    // registration).
     let control = Arc::new(Control::default());
     let _watchdog = AbortOnDrop(tokio::spawn(watch_connection(
         Arc::clone(&state),
@@ -367,9 +368,9 @@ async fn serve_http<S>(
                     }
                     return;
                 }
-                () = control.notify.notified() => {
+                command = std::future::poll_fn(|cx| control.poll_command(cx)) => {
                     // HTTP/2 has no partial-request state: any verdict closes gracefully.
-                    if control.take() != Command::None && !shutting_down {
+                    if command != Command::None && !shutting_down {
                         shutting_down = true;
                         c.as_mut().graceful_shutdown();
                     }
@@ -402,7 +403,7 @@ async fn serve_http<S>(
                 }
                 return;
             }
-            () = control.notify.notified() => match control.take() {
+            command = std::future::poll_fn(|cx| control.poll_command(cx)) => match command {
                 Command::None => {}
                 Command::Graceful => {
                     if !shutting_down {
@@ -442,18 +443,34 @@ enum Command {
     HeaderTimeout = 2,
 }
 
-/// The watchdog's mailbox of one connection.
+/// The watchdog's mailbox of one connection. The connection polls it on every wake-up
+/// (several per request), so waiting costs an atomic waker's registration, not a lock.
 #[derive(Debug, Default)]
 struct Control {
     command: std::sync::atomic::AtomicU8,
-    notify: Notify,
+    waker: atomic_waker::AtomicWaker,
 }
 
 impl Control {
     fn send(&self, command: Command) {
         self.command.fetch_max(command as u8, Ordering::AcqRel);
-        // Stores a permit when the connection is not waiting, so nothing is lost.
-        self.notify.notify_one();
+        // The command stays stored when the connection is not waiting, so nothing is lost.
+        self.waker.wake();
+    }
+
+    /// The command sent since the last one taken; else registers the task to be woken by
+    /// the next [`Control::send`].
+    fn poll_command(&self, cx: &mut Context<'_>) -> Poll<Command> {
+        match self.take() {
+            Command::None => {}
+            command => return Poll::Ready(command),
+        }
+        self.waker.register(cx.waker());
+        // A command sent between the first look and the registration woke nobody.
+        match self.take() {
+            Command::None => Poll::Pending,
+            command => Poll::Ready(command),
+        }
     }
 
     fn take(&self) -> Command {
@@ -555,10 +572,13 @@ mod tests {
             long,
             long,
         )));
-        tokio::time::timeout(Duration::from_secs(5), control.notify.notified())
-            .await
-            .expect("the watchdog asked for nothing");
-        assert_eq!(control.take(), Command::Graceful);
+        let command = tokio::time::timeout(
+            Duration::from_secs(5),
+            std::future::poll_fn(|cx| control.poll_command(cx)),
+        )
+        .await
+        .expect("the watchdog asked for nothing");
+        assert_eq!(command, Command::Graceful);
         drop(watchdog);
     }
 }
