@@ -24,8 +24,9 @@
 //!   both the CPU time per request (the figure other load on the machine disturbs least),
 //!   split into user space (utime) and the kernel's work on the proxy's behalf (stime: its
 //!   system calls and the network stack, where most of a proxied request's time goes);
-//! - each case is run [`RUNS`] times, the proxies interleaved within each round, after a
-//!   warm-up; the medians are reported, with the ratios of lb-gateway to NGINX and HAProxy.
+//! - each case is run [`RUNS`] times, the proxies interleaved within each round (each round
+//!   starts with the next proxy, so none is always first), after a warm-up; the medians are
+//!   reported, with the ratios of lb-gateway to NGINX and HAProxy.
 //!
 //! All traffic goes to 127.0.0.1. Every run is bounded in time (`-d`/`-D` and a `timeout`
 //! wrapper), every wait has a deadline, and every process started is stopped at the end (also
@@ -877,7 +878,11 @@ respond = {{ status = 404, body = "no route" }}
         let mut runs: Vec<(Proxy, Vec<Run>)> =
             running.iter().map(|(p, _)| (*p, Vec::new())).collect();
         for round in 0..RUNS {
-            for (i, (proxy, r)) in running.iter().enumerate() {
+            // Rotated: the proxy measured first in a round follows whatever ran before (the
+            // warm-up, the previous round's last proxy); no proxy is always first.
+            let order = (0..running.len()).map(|k| (round + k) % running.len());
+            for i in order {
+                let (proxy, r) = &running[i];
                 let (out, cpu, user) = self.load(case, *proxy, r, self.seconds)?;
                 let run = parse_run(case, &out, cpu, user).with_context(|| {
                     format!("cannot parse the output of {}:\n{out}", proxy.name())
