@@ -238,6 +238,8 @@ struct Inner {
     /// (the writer thread or [`AccessLog::flush`]). Lock order: `output`, then `batch`.
     output: Mutex<Box<dyn Write + Send>>,
     dropped: prometheus::IntCounter,
+    /// Whether the writer thread was started (see [`AccessLog::start`]).
+    started: Mutex<bool>,
 }
 
 #[derive(Default)]
@@ -276,30 +278,48 @@ pub struct AccessLogError(#[from] std::io::Error);
 
 impl AccessLog {
     /// Lines to stdout.
-    pub fn stdout(dropped: prometheus::IntCounter) -> Result<Self, AccessLogError> {
+    pub fn stdout(dropped: prometheus::IntCounter) -> Self {
         Self::new(Box::new(std::io::stdout()), dropped)
     }
 
-    /// Lines to `output`, written by a new thread; `dropped` counts lines dropped because the
-    /// output could not keep up (or failed).
-    pub fn new(
-        output: Box<dyn Write + Send>,
-        dropped: prometheus::IntCounter,
-    ) -> Result<Self, AccessLogError> {
-        let inner = Arc::new(Inner {
-            batch: Mutex::new(Batch::default()),
-            wake: Condvar::new(),
-            output: Mutex::new(output),
-            dropped,
-        });
-        let weak = Arc::downgrade(&inner);
-        std::thread::Builder::new()
-            .name("access-log".into())
-            .spawn(move || writer(&weak))?;
-        Ok(Self { inner })
+    /// Lines to `output`, written by a thread of their own once [`Self::start`] has started
+    /// it; `dropped` counts lines dropped because the output could not keep up (or failed).
+    pub fn new(output: Box<dyn Write + Send>, dropped: prometheus::IntCounter) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                batch: Mutex::new(Batch::default()),
+                wake: Condvar::new(),
+                output: Mutex::new(output),
+                dropped,
+                started: Mutex::new(false),
+            }),
+        }
     }
 
-    /// Formats `line` and adds it to the batch (never waits for the output).
+    /// Starts the writer thread, once; the gateway calls it when a config turns the access
+    /// log on. Until then the process has no thread besides the runtime's: a process with
+    /// one thread takes the kernel's cheaper path to a socket on every system call (no
+    /// reference counting of the file), and libc's socket calls skip their
+    /// thread-cancellation bookkeeping.
+    pub fn start(&self) -> Result<(), AccessLogError> {
+        let mut started = self
+            .inner
+            .started
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !*started {
+            let weak = Arc::downgrade(&self.inner);
+            std::thread::Builder::new()
+                .name("access-log".into())
+                .spawn(move || writer(&weak))?;
+            *started = true;
+        }
+        Ok(())
+    }
+
+    /// Formats `line` and adds it to the batch (never waits for the output). Lines written
+    /// before [`Self::start`] wait in the batch (up to its limit) for the writer or a
+    /// [`Self::flush`].
     pub fn write(&self, line: &AccessLine<'_>) {
         LOCAL.with_borrow_mut(|local| {
             let now = SystemTime::now();
@@ -508,7 +528,7 @@ mod tests {
     #[test]
     fn hostile_fields_give_one_valid_json_line_each() {
         let out = Shared::default();
-        let log = AccessLog::new(Box::new(out.clone()), counter()).unwrap();
+        let log = AccessLog::new(Box::new(out.clone()), counter());
         let path = "/a\"b\\c\nd\re\t\u{1}\u{7f}\u{2028}é";
         // Header bytes that are not UTF-8 reach the line through a lossy conversion.
         let host = String::from_utf8_lossy(b"h\xffst\"\\").into_owned();
@@ -617,8 +637,13 @@ mod tests {
     #[test]
     fn lines_are_written_by_the_timer_without_a_flush() {
         let out = Shared::default();
-        let log = AccessLog::new(Box::new(out.clone()), counter()).unwrap();
+        let log = AccessLog::new(Box::new(out.clone()), counter());
+        // A line written before the writer starts waits for it.
         log.write(&line("/timer", None, "id"));
+        std::thread::sleep(FLUSH_INTERVAL * 2);
+        assert!(out.0.lock().unwrap().is_empty(), "written with no writer");
+        log.start().unwrap();
+        log.start().unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
         while out.0.lock().unwrap().is_empty() {
             assert!(Instant::now() < deadline, "the writer thread never wrote");
@@ -650,7 +675,8 @@ mod tests {
         }
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let dropped = counter();
-        let log = AccessLog::new(Box::new(Stuck(Arc::clone(&gate))), dropped.clone()).unwrap();
+        let log = AccessLog::new(Box::new(Stuck(Arc::clone(&gate))), dropped.clone());
+        log.start().unwrap();
         let path = "/".repeat(1000);
         // More than the batch limit: the writer is stuck on its first batch at most.
         let lines = 3 * MAX_PENDING_BYTES / 1000;

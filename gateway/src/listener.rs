@@ -201,14 +201,17 @@ pub async fn accept_loop(
             closed: Arc::clone(&closed),
         };
         let guard = shared.connection_opened(&name);
-        tokio::spawn(serve_connection(
+        // Boxed before it is spawned: the connection's future is ~9 KiB (hyper's connection
+        // state, TLS included), and `spawn` moves its argument through several frames on
+        // the way into the task's cell, each move a copy; a box is moved as a pointer.
+        tokio::spawn(Box::pin(serve_connection(
             Arc::clone(&shared),
             Arc::clone(&name),
             stream,
             peer,
             shutdown.clone(),
             (slot, guard),
-        ));
+        )));
     }
 }
 

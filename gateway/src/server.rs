@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use tower::ServiceBuilder;
 
 use crate::accesslog::{AccessLog, AccessLogError};
-use crate::config::{self, ConfigError};
+use crate::config::{self, ConfigError, FieldError};
 use crate::layers::{
     ErrorLayer, ErrorToResponse, Observe, ObserveLayer, RequestId, RequestIdLayer,
 };
@@ -184,6 +184,14 @@ impl Shared {
         if !conflicts.is_empty() {
             return Err(invalid(conflicts));
         }
+        if config.access_log
+            && let Err(e) = self.access_log_output.start()
+        {
+            return Err(invalid(vec![FieldError {
+                path: "global.access_log".into(),
+                message: e.to_string(),
+            }]));
+        }
         let mut next = Snapshot::build(config, Some(&current), &self.metrics).map_err(invalid)?;
         next.start_health_checks(&self.metrics);
         self.access_log
@@ -249,9 +257,12 @@ impl Gateway {
         let metrics = Metrics::new()?;
         let dropped = metrics.access_log_dropped_lines_total.clone();
         let access_log_output = match access_log {
-            AccessLogOutput::Stdout => AccessLog::stdout(dropped)?,
-            AccessLogOutput::Writer(w) => AccessLog::new(w, dropped)?,
+            AccessLogOutput::Stdout => AccessLog::stdout(dropped),
+            AccessLogOutput::Writer(w) => AccessLog::new(w, dropped),
         };
+        if config.access_log {
+            access_log_output.start()?;
+        }
         let mut snapshot =
             Snapshot::build(config, None, &metrics).map_err(|errors| ConfigError::Invalid {
                 file: config_path.to_path_buf(),

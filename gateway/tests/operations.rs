@@ -94,6 +94,36 @@ async fn reload_under_load_loses_no_request() {
 }
 
 #[tokio::test]
+async fn a_reload_that_turns_the_access_log_on_starts_its_writer() {
+    let a = TestUpstream::start("a", false).await;
+    let with_log = |on: bool| {
+        config(&[&a], "v1", "").replace("[global]\n", &format!("[global]\naccess_log = {on}\n"))
+    };
+    let gw = TestGateway::start(&with_log(false)).await;
+    let c = client();
+    assert_eq!(get(&c, &gw.url("web", "/off")).await.0, StatusCode::OK);
+    gw.rewrite(&with_log(true));
+    let (status, body) = reload(&c, &gw).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(get(&c, &gw.url("web", "/on")).await.0, StatusCode::OK);
+    // No flush: the line reaches the output through the writer thread the reload started.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let text = loop {
+        let text = String::from_utf8(gw.access_log.0.lock().unwrap().clone()).unwrap();
+        if !text.is_empty() {
+            break text;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no access-log line without a flush"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(text.contains("\"/on\""), "{text}");
+    assert!(!text.contains("\"/off\""), "{text}");
+}
+
+#[tokio::test]
 async fn invalid_reload_is_refused_with_every_error_and_old_config_serves() {
     let a = TestUpstream::start("a", false).await;
     let gw = TestGateway::start(&config(&[&a], "v1", "")).await;
