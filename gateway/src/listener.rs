@@ -299,6 +299,22 @@ async fn is_h2_preface(stream: &TcpStream, timeout: Duration) -> bool {
     tokio::time::timeout(timeout, peek).await.unwrap_or(false)
 }
 
+/// The response future of `stack` for `req`: its `call` when the stack is ready now (the
+/// gateway's layers always are), else a `oneshot` of a clone, which waits for readiness.
+fn call_ready<S, R>(
+    stack: &mut S,
+    req: R,
+) -> futures_util::future::Either<S::Future, tower::util::Oneshot<S, R>>
+where
+    S: tower::Service<R> + Clone,
+{
+    use futures_util::future::Either;
+    match stack.poll_ready(&mut Context::from_waker(std::task::Waker::noop())) {
+        Poll::Ready(Ok(())) => Either::Left(stack.call(req)),
+        _ => Either::Right(stack.clone().oneshot(req)),
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn serve_http<S>(
     shared: Arc<Shared>,
@@ -321,14 +337,16 @@ async fn serve_http<S>(
             tunnel: Arc::clone(&conn.tunnel),
         }),
     };
-    let stack = shared.service_stack();
+    // One stack per connection, called in place (never borrowed across an await): cloning it
+    // per request and going through `oneshot` moved the request three more times.
+    let stack = std::cell::RefCell::new(shared.service_stack());
     let svc_state = Arc::clone(&state);
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let guard = svc_state.request_started();
         req.extensions_mut().insert(conn.clone());
-        let stack = stack.clone();
+        let call = call_ready(&mut *stack.borrow_mut(), req);
         async move {
-            let res = stack.oneshot(req).await?;
+            let res = call.await?;
             let (parts, inner) = res.into_parts();
             Ok::<_, std::convert::Infallible>(http::Response::from_parts(
                 parts,
@@ -559,6 +577,51 @@ mod tests {
     #![allow(clippy::expect_used, reason = "test code")]
 
     use super::*;
+
+    /// A service that is not ready at its first `poll_ready` (it wakes the task), then is;
+    /// it answers with the request doubled and counts the calls made while not ready.
+    #[derive(Clone, Default)]
+    struct Slow {
+        polls: Arc<AtomicUsize>,
+        calls_unready: Arc<AtomicUsize>,
+        ready: bool,
+    }
+
+    impl tower::Service<u32> for Slow {
+        type Response = u32;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<u32, std::convert::Infallible>>;
+
+        fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.polls.fetch_add(1, Ordering::SeqCst) == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.ready = true;
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: u32) -> Self::Future {
+            if !self.ready {
+                self.calls_unready.fetch_add(1, Ordering::SeqCst);
+            }
+            std::future::ready(Ok(req * 2))
+        }
+    }
+
+    /// The direct call is only taken when the service is ready; otherwise the request waits
+    /// for readiness and is still answered.
+    #[tokio::test]
+    async fn call_ready_waits_for_a_service_that_is_not_ready() {
+        let mut svc = Slow::default();
+        let first = call_ready(&mut svc, 21);
+        assert!(matches!(first, futures_util::future::Either::Right(_)));
+        assert_eq!(first.await, Ok(42));
+        let second = call_ready(&mut svc, 5);
+        assert!(matches!(second, futures_util::future::Either::Left(_)));
+        assert_eq!(second.await, Ok(10));
+        assert_eq!(svc.calls_unready.load(Ordering::SeqCst), 0);
+    }
 
     /// A drain that began before a connection's watchdog first ran still closes the
     /// connection: the watchdog cannot wait for a change that already happened.

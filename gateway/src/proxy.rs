@@ -358,10 +358,9 @@ async fn forward(
     host: Option<&str>,
     max_body: usize,
     log: Option<&RequestLog>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let cfg = &up.config;
-    let mut req = req;
     // A WebSocket upgrade (HTTP/1.1 only; HTTP/2 has no Upgrade) to an HTTP/1.1 upstream.
     let upgrade = websocket_upgrade(&req, cfg.protocol);
     let client_upgrade = upgrade.is_some().then(|| hyper::upgrade::on(&mut req));
