@@ -28,6 +28,8 @@ pub struct LogFields {
     pub route: Option<Arc<RouteConfig>>,
     pub upstream: Option<Arc<Upstream>>,
     pub member: Option<Arc<Member>>,
+    /// The `traceparent` sent upstream (the gateway's child of the client's, or a new trace).
+    pub traceparent: Option<http::HeaderValue>,
     pub attempts: u32,
     pub error: Option<String>,
     pub error_origin: Option<&'static str>,
@@ -47,9 +49,12 @@ impl RequestLog {
         self.with(|l| l.route = Some(Arc::clone(route)));
     }
 
-    /// Records the upstream pool.
-    pub fn set_upstream(&self, upstream: &Arc<Upstream>) {
-        self.with(|l| l.upstream = Some(Arc::clone(upstream)));
+    /// Records the upstream pool and the `traceparent` the request goes there with.
+    pub fn set_upstream(&self, upstream: &Arc<Upstream>, traceparent: &http::HeaderValue) {
+        self.with(|l| {
+            l.upstream = Some(Arc::clone(upstream));
+            l.traceparent = Some(traceparent.clone());
+        });
     }
 
     /// Records the member of the current attempt.

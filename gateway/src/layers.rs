@@ -383,9 +383,11 @@ impl ObserveDone {
             );
             if let Some(access) = access {
                 let request_id = access.request_id.as_ref().map(lossy);
-                let trace_id = access
+                // The trace sent upstream (it may be a new one), else the client's.
+                let trace_id = fields
                     .traceparent
                     .as_ref()
+                    .or(access.traceparent.as_ref())
                     .and_then(|v| v.to_str().ok())
                     .and_then(TraceParent::parse)
                     .map(|t| t.trace_id);

@@ -219,8 +219,10 @@ async fn handle(
             let up = snapshot.upstreams.get(upstream).ok_or_else(|| {
                 ProxyError::Internal(format!("upstream `{upstream}` not in snapshot"))
             })?;
+            // The trace the request goes upstream in: the client's, or a new one.
+            let traceparent = crate::trace::child_header(req.headers().get(&TRACEPARENT));
             if let Some(log) = &log {
-                log.set_upstream(up);
+                log.set_upstream(up, &traceparent);
             }
             let max_body = listener.config.max_body_bytes;
             forward(
@@ -231,6 +233,7 @@ async fn handle(
                 raw_host,
                 max_body,
                 log.as_ref(),
+                traceparent,
                 req,
             )
             .await?
@@ -358,6 +361,7 @@ async fn forward(
     host: Option<&str>,
     max_body: usize,
     log: Option<&RequestLog>,
+    traceparent: HeaderValue,
     mut req: Request<Incoming>,
 ) -> Result<Response<ResponseBody>, ProxyError> {
     let cfg = &up.config;
@@ -383,7 +387,6 @@ async fn forward(
         crate::config::Algorithm::ConsistentHash(src) => hash_key(src, &parts.headers, conn),
         _ => None,
     };
-    let traceparent = crate::trace::child_header(parts.headers.get(&TRACEPARENT));
     let mut headers = std::mem::take(&mut parts.headers);
     strip_hop_by_hop(&mut headers);
     if let Some(proto) = &upgrade {

@@ -100,6 +100,13 @@ async fn forwards_with_rewrites_and_forwarding_headers() {
     let tp = h["traceparent"].to_str().unwrap();
     assert!(tp.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
     assert!(!tp.contains("00f067aa0ba902b7"));
+    let mut lines = Vec::new();
+    eventually("the access-log line", || {
+        lines = gw.access_lines();
+        std::future::ready(!lines.is_empty())
+    })
+    .await;
+    assert_eq!(lines[0]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
 }
 
 #[tokio::test]
@@ -113,7 +120,17 @@ async fn generates_request_id_and_traceparent() {
     let seen = up.state.seen.lock().unwrap().pop().unwrap();
     assert_eq!(seen.0, "/");
     assert_eq!(seen.1["x-request-id"], id);
-    assert!(seen.1.contains_key("traceparent"));
+    // A new trace: the access line names the trace the upstream request carried.
+    let tp = seen.1["traceparent"].to_str().unwrap().to_owned();
+    assert_eq!(tp.len(), 55, "{tp}");
+    let mut lines = Vec::new();
+    eventually("the access-log line", || {
+        lines = gw.access_lines();
+        std::future::ready(!lines.is_empty())
+    })
+    .await;
+    assert_eq!(lines[0]["request_id"], id);
+    assert_eq!(lines[0]["trace_id"], tp[3..35]);
 }
 
 #[tokio::test]
