@@ -170,12 +170,9 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     let bytes = s.as_bytes();
     let mut run = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        if b >= 0x20 && b != b'"' && b != b'\\' {
-            continue;
-        }
+    let mut i = next_escape(bytes, 0);
+    while let Some(&b) = bytes.get(i) {
         out.extend_from_slice(&bytes[run..i]);
-        run = i + 1;
         match b {
             b'"' => out.extend_from_slice(b"\\\""),
             b'\\' => out.extend_from_slice(b"\\\\"),
@@ -191,9 +188,45 @@ pub fn json_string(out: &mut Vec<u8>, s: &str) {
                 HEX[usize::from(b & 0xf)],
             ]),
         }
+        run = i + 1;
+        i = next_escape(bytes, run);
     }
     out.extend_from_slice(&bytes[run..]);
     out.push(b'"');
+}
+
+/// Whether JSON needs byte `b` escaped.
+fn needs_escape(b: u8) -> bool {
+    b < 0x20 || b == b'"' || b == b'\\'
+}
+
+/// The index of the first byte at or after `from` that JSON needs escaped, or `bytes.len()`.
+/// Eight bytes at a time: the zero-byte test of one word (`(x - 0x01..) & !x & 0x80..`, no
+/// false negatives) applied to "below 0x20", `"` and `\`; a word that may hold one is looked
+/// at byte by byte.
+fn next_escape(bytes: &[u8], from: usize) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    let mut i = from;
+    while let Some(chunk) = bytes.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let v = u64::from_le_bytes(word);
+        let below_space = v.wrapping_sub(0x20 * ONES) & !v & HIGH != 0;
+        if (below_space
+            || has_zero(v ^ (u64::from(b'"') * ONES))
+            || has_zero(v ^ (u64::from(b'\\') * ONES)))
+            && let Some(j) = chunk.iter().position(|&b| needs_escape(b))
+        {
+            return i + j;
+        }
+        i += 8;
+    }
+    bytes
+        .get(i..)
+        .and_then(|tail| tail.iter().position(|&b| needs_escape(b)))
+        .map_or(bytes.len(), |j| i + j)
 }
 
 fn json_opt(out: &mut Vec<u8>, s: Option<&str>) {
@@ -574,6 +607,29 @@ mod tests {
             proptest::prop_assert!(!text.contains('\n'));
             let back: String = serde_json::from_str(&text).unwrap();
             proptest::prop_assert_eq!(back, s);
+        }
+    }
+
+    /// Each byte that needs escaping, at every position of strings around the word size,
+    /// among ASCII and multi-byte characters: the escaped string parses back to itself.
+    #[test]
+    fn escapes_are_found_at_every_position_of_a_word() {
+        for special in ['"', '\\', '\n', '\u{1}', '\u{1f}', ' ', '\u{7f}', 'é'] {
+            for filler in ['a', 'ü', '~'] {
+                for len in 0..20 {
+                    for at in 0..=len {
+                        let mut s: String = std::iter::repeat_n(filler, len).collect();
+                        let at = s.char_indices().nth(at).map_or(s.len(), |(i, _)| i);
+                        s.insert(at, special);
+                        let mut out = Vec::new();
+                        json_string(&mut out, &s);
+                        let back: String = serde_json::from_slice(&out).unwrap();
+                        assert_eq!(back, s);
+                        let escaped = matches!(special, '"' | '\\' | '\n' | '\u{1}' | '\u{1f}');
+                        assert_eq!(out.len() == s.len() + 2, !escaped, "{s:?}");
+                    }
+                }
+            }
         }
     }
 

@@ -20,7 +20,7 @@ use crate::config::RouteConfig;
 use crate::conn::ConnInfo;
 use crate::error::ProxyError;
 use crate::metrics::Metrics;
-use crate::trace::{REQUEST_ID, TRACEPARENT, TraceParent};
+use crate::trace::{REQUEST_ID, TRACEPARENT};
 
 /// Adds `x-request-id`.
 #[derive(Debug, Clone, Default)]
@@ -389,15 +389,14 @@ impl ObserveDone {
                     .as_ref()
                     .or(access.traceparent.as_ref())
                     .and_then(|v| v.to_str().ok())
-                    .and_then(TraceParent::parse)
-                    .map(|t| t.trace_id);
+                    .and_then(crate::trace::trace_id);
                 let host = match access.uri.authority() {
                     Some(a) => Some(std::borrow::Cow::Borrowed(a.as_str())),
                     None => access.host_header.as_ref().map(lossy),
                 };
                 state.access_log_output.write(&AccessLine {
                     request_id: request_id.as_deref().unwrap_or(""),
-                    trace_id: trace_id.as_deref(),
+                    trace_id,
                     listener,
                     client_addr: conn.as_ref().map_or("-", ConnInfo::peer_text),
                     method: method.as_str(),

@@ -35,19 +35,18 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
 pub fn child_header(incoming: Option<&HeaderValue>) -> HeaderValue {
     // 00-<32 hex trace>-<16 hex parent>-<2 hex flags>
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
-    match incoming
-        .and_then(|v| v.to_str().ok())
-        .and_then(TraceParent::parse)
-    {
-        Some(p) => {
-            buf[3..35].copy_from_slice(p.trace_id.as_bytes());
-            let flags = format!("{:02x}", p.flags);
+    match incoming.and_then(|v| v.to_str().ok()).and_then(fields) {
+        Some((trace, _, flags)) => {
+            buf[3..35].copy_from_slice(trace.as_bytes());
+            // Two lower-case hex digits, as `{:02x}` of their value would write them.
             buf[53..55].copy_from_slice(flags.as_bytes());
         }
         None => entropy::hex_into(&mut buf[3..35]),
     }
     entropy::hex_into(&mut buf[36..52]);
-    HeaderValue::from_bytes(&buf).unwrap_or_else(|_| HeaderValue::from_static("-"))
+    // In a reference-counted buffer, as the request id: the access log keeps a clone.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 /// A parsed `traceparent` (version 00).
@@ -58,29 +57,37 @@ pub struct TraceParent {
     pub flags: u8,
 }
 
+/// The trace id of a valid `traceparent` (see [`TraceParent::parse`]), borrowed from it.
+pub fn trace_id(v: &str) -> Option<&str> {
+    fields(v).map(|(trace, _, _)| trace)
+}
+
+/// The trace id, parent id and flags of a valid `traceparent`, borrowed (see
+/// [`TraceParent::parse`]).
+fn fields(v: &str) -> Option<(&str, &str, &str)> {
+    let mut parts = v.trim().split('-');
+    let (version, trace, parent, flags) =
+        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |s: &str, n: usize| {
+        s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    if version == "ff" || !hex(version, 2) || !hex(trace, 32) || !hex(parent, 16) || !hex(flags, 2)
+    {
+        return None;
+    }
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
+        return None;
+    }
+    Some((trace, parent, flags))
+}
+
 impl TraceParent {
     /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
     pub fn parse(v: &str) -> Option<Self> {
-        let mut parts = v.trim().split('-');
-        let (version, trace, parent, flags) =
-            (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-        let hex = |s: &str, n: usize| {
-            s.len() == n && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        };
-        if version == "ff"
-            || !hex(version, 2)
-            || !hex(trace, 32)
-            || !hex(parent, 16)
-            || !hex(flags, 2)
-        {
-            return None;
-        }
-        if version == "00" && parts.next().is_some() {
-            return None;
-        }
-        if trace.bytes().all(|b| b == b'0') || parent.bytes().all(|b| b == b'0') {
-            return None;
-        }
+        let (trace, parent, flags) = fields(v)?;
         Some(Self {
             trace_id: trace.to_string(),
             parent_id: parent.to_string(),
