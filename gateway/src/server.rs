@@ -184,7 +184,9 @@ impl Shared {
         if !conflicts.is_empty() {
             return Err(invalid(conflicts));
         }
-        if config.access_log
+        let mut next = Snapshot::build(config, Some(&current), &self.metrics).map_err(invalid)?;
+        // Only a config that is otherwise valid starts the writer thread.
+        if next.config.access_log
             && let Err(e) = self.access_log_output.start()
         {
             return Err(invalid(vec![FieldError {
@@ -192,7 +194,6 @@ impl Shared {
                 message: e.to_string(),
             }]));
         }
-        let mut next = Snapshot::build(config, Some(&current), &self.metrics).map_err(invalid)?;
         next.start_health_checks(&self.metrics);
         self.access_log
             .store(next.config.access_log, Ordering::Relaxed);
