@@ -285,6 +285,8 @@ struct Batch {
     lines: Vec<u8>,
     /// The buffer written last, cleared, to take the next lines.
     spare: Vec<u8>,
+    /// The writer waits for a first line (no interval running): the next line wakes it.
+    idle: bool,
 }
 
 /// Per-thread state of the request path: the line buffer and the formatted timestamp of the
@@ -435,10 +437,12 @@ impl Inner {
         }
         batch.lines.extend_from_slice(line);
         let after = batch.lines.len();
+        let first = before == 0 && batch.idle;
         drop(batch);
-        // Only two events need the writer: the batch stopped being empty (it starts its
-        // interval), or it became full. Other appends wake nobody (no system call).
-        if before == 0 || (before < FLUSH_BYTES && after >= FLUSH_BYTES) {
+        // Only two events need the writer: a first line while it is idle (it starts an
+        // interval), or a full batch. Other appends wake nobody (no system call): a busy
+        // writer waits out its interval, which bounds how long a line waits.
+        if first || (before < FLUSH_BYTES && after >= FLUSH_BYTES) {
             self.wake.notify_one();
         }
     }
@@ -480,24 +484,32 @@ impl Drop for Inner {
     }
 }
 
-/// The writer thread: waits for a first line, then for the batch to fill or the interval to
-/// pass, and writes the batch; exits when the last [`AccessLog`] is gone (its last batch is
-/// written by `Inner`'s drop).
+/// The writer thread. Idle, it waits for a first line; then it gives the batch one
+/// interval to fill (a full batch cuts it short) and writes it; after a write it goes
+/// straight into the next interval, and back to idle only after an interval with no line.
+/// Under load that is one wake-up per full batch. Exits when the last [`AccessLog`] is gone
+/// (its last batch is written by `Inner`'s drop).
 fn writer(inner: &Weak<Inner>) {
+    let mut busy = false;
     loop {
         let Some(log) = inner.upgrade() else { return };
         {
             let mut batch = log.lock_batch();
-            // The timeout only bounds how long this thread outlives the last handle (dropping
-            // it wakes nobody).
-            while batch.lines.is_empty() {
+            if batch.lines.is_empty() && !busy {
+                // The timeout only bounds how long this thread outlives the last handle
+                // (dropping it wakes nobody).
+                batch.idle = true;
                 let (b, timeout) = log
                     .wake
                     .wait_timeout(batch, Duration::from_secs(1))
                     .unwrap_or_else(PoisonError::into_inner);
                 batch = b;
+                batch.idle = false;
                 if timeout.timed_out() && Arc::strong_count(&log) == 1 {
                     return;
+                }
+                if batch.lines.is_empty() {
+                    continue;
                 }
             }
             let deadline = Instant::now() + FLUSH_INTERVAL;
@@ -512,8 +524,11 @@ fn writer(inner: &Weak<Inner>) {
                     .unwrap_or_else(PoisonError::into_inner)
                     .0;
             }
+            busy = !batch.lines.is_empty();
         }
-        log.write_out(false);
+        if busy {
+            log.write_out(false);
+        }
     }
 }
 
@@ -705,16 +720,27 @@ mod tests {
         assert!(out.0.lock().unwrap().is_empty(), "written with no writer");
         log.start().unwrap();
         log.start().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while out.0.lock().unwrap().is_empty() {
-            assert!(Instant::now() < deadline, "the writer thread never wrote");
-            std::thread::yield_now();
-        }
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        assert!(
-            text.ends_with("\n") && text.contains("\"/timer\""),
-            "{text}"
-        );
+        let written = |path: &str| {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+                if text.contains(&format!("\"{path}\"")) {
+                    assert!(text.ends_with("\n"), "{text}");
+                    return;
+                }
+                assert!(Instant::now() < deadline, "{path} never written");
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        };
+        written("/timer");
+        // Right after a write the writer is in its next interval (no wake-up for a first
+        // line), ...
+        log.write(&line("/busy", None, "id"));
+        written("/busy");
+        // ... and after an interval with no line it is idle again, woken by the next one.
+        std::thread::sleep(FLUSH_INTERVAL * 4);
+        log.write(&line("/idle", None, "id"));
+        written("/idle");
     }
 
     #[test]
