@@ -48,7 +48,8 @@ pub fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-/// `n` random bytes as lower-case hex.
+/// `n` random bytes as lower-case hex (the tests' reference trace context uses it).
+#[cfg(test)]
 pub fn hex(bytes: usize) -> String {
     let mut buf = vec![0u8; bytes * 2];
     hex_into(&mut buf);

@@ -24,14 +24,20 @@ pub fn request_id(incoming: Option<&HeaderValue>) -> HeaderValue {
     }
     let mut id = [0u8; 32];
     entropy::hex_into(&mut id);
-    // Owned by a reference-counted buffer from the start: the id goes upstream and into the
-    // response, and a clone of a copied slice would allocate a second time.
-    HeaderValue::from_maybe_shared(Bytes::from_owner(id))
+    shared_value(id)
+}
+
+/// `buf` as a header value owned by a reference-counted buffer from the start: request ids
+/// and `traceparent`s are cloned (upstream, response, access log), and a clone of a copied
+/// slice would allocate a second time. `buf` holds visible ASCII (hex digits and dashes).
+fn shared_value<const N: usize>(buf: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(Bytes::from_owner(buf))
         .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
-/// The `traceparent` to send upstream (same as [`TraceParent::child_of`]`(..).to_header()`,
-/// written without intermediate strings).
+/// The `traceparent` to send upstream: the client's trace and flags with a fresh parent id
+/// (this hop), or a new sampled trace when the client sent none or an invalid one. (The
+/// tests hold it equal to a plain parse-and-format reference.)
 pub fn child_header(incoming: Option<&HeaderValue>) -> HeaderValue {
     // 00-<32 hex trace>-<16 hex parent>-<2 hex flags>
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-01";
@@ -44,26 +50,16 @@ pub fn child_header(incoming: Option<&HeaderValue>) -> HeaderValue {
         None => entropy::hex_into(&mut buf[3..35]),
     }
     entropy::hex_into(&mut buf[36..52]);
-    // In a reference-counted buffer, as the request id: the access log keeps a clone.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .unwrap_or_else(|_| HeaderValue::from_static("-"))
+    shared_value(buf)
 }
 
-/// A parsed `traceparent` (version 00).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TraceParent {
-    pub trace_id: String,
-    pub parent_id: String,
-    pub flags: u8,
-}
-
-/// The trace id of a valid `traceparent` (see [`TraceParent::parse`]), borrowed from it.
+/// The trace id of a valid `traceparent` (see [`fields`]), borrowed from it.
 pub fn trace_id(v: &str) -> Option<&str> {
     fields(v).map(|(trace, _, _)| trace)
 }
 
-/// The trace id, parent id and flags of a valid `traceparent`, borrowed (see
-/// [`TraceParent::parse`]).
+/// The trace id, parent id and flags of a valid `traceparent` (`00-<32 hex>-<16 hex>-<2
+/// hex>`, lower-case; all-zero ids are invalid), borrowed.
 fn fields(v: &str) -> Option<(&str, &str, &str)> {
     let mut parts = v.trim().split('-');
     let (version, trace, parent, flags) =
@@ -84,43 +80,51 @@ fn fields(v: &str) -> Option<(&str, &str, &str)> {
     Some((trace, parent, flags))
 }
 
-impl TraceParent {
-    /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
-    pub fn parse(v: &str) -> Option<Self> {
-        let (trace, parent, flags) = fields(v)?;
-        Some(Self {
-            trace_id: trace.to_string(),
-            parent_id: parent.to_string(),
-            flags: u8::from_str_radix(flags, 16).ok()?,
-        })
-    }
-
-    /// The context to send upstream: same trace, this hop as parent.
-    pub fn child_of(incoming: Option<&HeaderValue>) -> Self {
-        let parsed = incoming.and_then(|v| v.to_str().ok()).and_then(Self::parse);
-        match parsed {
-            Some(p) => Self {
-                trace_id: p.trace_id,
-                parent_id: entropy::hex(8),
-                flags: p.flags,
-            },
-            None => Self {
-                trace_id: entropy::hex(16),
-                parent_id: entropy::hex(8),
-                flags: 1,
-            },
-        }
-    }
-
-    /// Header form.
-    pub fn to_header(&self) -> String {
-        format!("00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A parsed `traceparent` (version 00): the reference `child_header` is held to.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct TraceParent {
+        pub trace_id: String,
+        pub parent_id: String,
+        pub flags: u8,
+    }
+
+    impl TraceParent {
+        /// Parses `00-<32 hex>-<16 hex>-<2 hex>`; all-zero ids are invalid.
+        pub fn parse(v: &str) -> Option<Self> {
+            let (trace, parent, flags) = fields(v)?;
+            Some(Self {
+                trace_id: trace.to_string(),
+                parent_id: parent.to_string(),
+                flags: u8::from_str_radix(flags, 16).ok()?,
+            })
+        }
+
+        /// The context to send upstream: same trace, this hop as parent.
+        pub fn child_of(incoming: Option<&HeaderValue>) -> Self {
+            let parsed = incoming.and_then(|v| v.to_str().ok()).and_then(Self::parse);
+            match parsed {
+                Some(p) => Self {
+                    trace_id: p.trace_id,
+                    parent_id: entropy::hex(8),
+                    flags: p.flags,
+                },
+                None => Self {
+                    trace_id: entropy::hex(16),
+                    parent_id: entropy::hex(8),
+                    flags: 1,
+                },
+            }
+        }
+
+        /// Header form.
+        pub fn to_header(&self) -> String {
+            format!("00-{}-{}-{:02x}", self.trace_id, self.parent_id, self.flags)
+        }
+    }
 
     #[test]
     fn keeps_valid_request_ids_and_replaces_bad_ones() {
