@@ -15,7 +15,8 @@
 //!   NGINX `stub_status`, HAProxy's Prometheus exporter), keep-alive to clients and to the
 //!   upstream;
 //! - **cases**: HTTP/1.1 saturation (`wrk -t1 -c50`), the same with the access log on (to a
-//!   file), h2c (`h2load -t1 -c50 -m1`), TLS 1.3 (`wrk -t1 -c50` over https; a self-signed
+//!   file; each proxy writes lb-gateway's JSON line, same keys, and the bench checks that it
+//!   did: see [`NGINX_LOG_FORMAT`]), h2c (`h2load -t1 -c50 -m1`), TLS 1.3 (`wrk -t1 -c50` over https; a self-signed
 //!   P-256 certificate made with the `openssl` CLI at bench time), and CPU use at a fixed
 //!   20,000 req/s (`h2load --h1 -t1 -c50 --rps 400`, i.e. 400 req/s per connection);
 //! - **measures**: requests per second and p99 latency from wrk (h2load reports the mean
@@ -58,6 +59,14 @@ const PROCESS_DEADLINE: Duration = Duration::from_secs(15);
 /// The CPU of the load generator and upstream, and that of the proxy.
 const LOAD_CPU: &str = "0";
 const PROXY_CPU: &str = "1";
+/// With the access log on, NGINX and HAProxy log what lb-gateway does (its JSON access line:
+/// same keys, the closest each has to every value), NGINX buffered as lb-gateway is (64 KiB
+/// or 100 ms; HAProxy writes a line at a time to stdout, it has no buffer for it).
+const NGINX_LOG_FORMAT: &str = r#"{"timestamp":"$time_iso8601","target":"access_log","request_id":"$request_id","trace_id":"$http_traceparent","listener":"$server_addr:$server_port","client_addr":"$remote_addr:$remote_port","method":"$request_method","host":"$host","path":"$request_uri","protocol":"$server_protocol","status":$status,"route":"$route","upstream":"$proxy_host","member":"$upstream_addr","attempts":"$upstream_status","bytes_sent":$bytes_sent,"complete":"$request_completion","duration_ms":$request_time,"ttfb_ms":"$upstream_header_time","error":null,"error_origin":null}"#;
+/// HAProxy's, `%{+E}o` escaping `"` and `\` in every value; captures 0 and 1 are the
+/// `traceparent` and `Host` headers.
+const HAPROXY_LOG_FORMAT: &str = r#"%{+E}o{\"timestamp\":\"%tr\",\"target\":\"access_log\",\"request_id\":\"%ID\",\"trace_id\":\"%[capture.req.hdr(0)]\",\"listener\":\"%fi:%fp\",\"client_addr\":\"%ci:%cp\",\"method\":\"%HM\",\"host\":\"%[capture.req.hdr(1)]\",\"path\":\"%HP\",\"protocol\":\"%HV\",\"status\":%ST,\"route\":\"%b\",\"upstream\":\"%b\",\"member\":\"%s\",\"attempts\":%rc,\"bytes_sent\":%B,\"complete\":\"%tsc\",\"duration_ms\":%Ta,\"ttfb_ms\":%Tr,\"error\":null,\"error_origin\":null}"#;
+
 /// The request path (routed by prefix to the upstream in every proxy).
 const PATH: &str = "/api/hello";
 
@@ -549,7 +558,8 @@ respond = {{ status = 404, body = "no route" }}
         let dir = self.dir.display();
         let log = if access_log {
             format!(
-                "log_format withid '$remote_addr [$time_local] \"$request\" $status $body_bytes_sent $request_id $request_time $upstream_addr';\n  access_log {dir}/nginx-access.log withid;"
+                "log_format gateway escape=json '{NGINX_LOG_FORMAT}';\n  \
+                 access_log {dir}/nginx-access.log gateway buffer=64k flush=100ms;"
             )
         } else {
             "access_log off;".to_owned()
@@ -561,12 +571,26 @@ respond = {{ status = 404, body = "no route" }}
              proxy_set_header X-Forwarded-Proto $scheme;\n      \
              proxy_set_header X-Forwarded-Host $host;\n      \
              add_header X-Request-Id $request_id always;";
+        // With the access log on, each location names its route for the log, as lb-gateway's
+        // routes are named.
+        let route = |name: &str| {
+            if access_log {
+                format!("set $route {name}; ")
+            } else {
+                String::new()
+            }
+        };
         let server = |listen: String| {
             format!(
-                "  server {{\n    {listen}\n    location = /healthz {{ return 200 \"ok\"; }}\n    \
-                 location /api {{\n      {proxied}\n    }}\n    \
-                 location /static {{\n      limit_except GET {{ deny all; }}\n      {proxied}\n    }}\n    \
-                 location / {{ return 404 \"no route\"; }}\n  }}\n"
+                "  server {{\n    {listen}\n    \
+                 location = /healthz {{ {health}return 200 \"ok\"; }}\n    \
+                 location /api {{\n      {api}{proxied}\n    }}\n    \
+                 location /static {{\n      {static}limit_except GET {{ deny all; }}\n      {proxied}\n    }}\n    \
+                 location / {{ {default}return 404 \"no route\"; }}\n  }}\n",
+                health = route("health"),
+                api = route("api"),
+                static = route("static"),
+                default = route("default"),
             )
         };
         let mut conf = format!(
@@ -602,11 +626,11 @@ respond = {{ status = 404, body = "no route" }}
         let dir = self.dir.display();
         let (global_log, log) = if access_log {
             (
-                "  log stdout format raw local0\n",
-                "  log global\n  option httplog\n",
+                "  log stdout format raw local0\n".to_owned(),
+                format!("  log global\n  log-format \"{HAPROXY_LOG_FORMAT}\"\n"),
             )
         } else {
-            ("", "")
+            (String::new(), String::new())
         };
         format!(
             "global\n  nbthread 1\n  maxconn 4096\n{global_log}\n\
@@ -618,6 +642,8 @@ respond = {{ status = 404, body = "no route" }}
              \x20 bind 127.0.0.1:{tls} ssl crt {dir}/combined.pem ssl-min-ver TLSv1.3 alpn http/1.1\n\
              \x20 unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n\
              \x20 unique-id-header X-Request-Id\n\
+             \x20 http-request capture req.hdr(traceparent) len 64\n\
+             \x20 http-request capture req.hdr(host) len 128\n\
              \x20 http-response set-header X-Request-Id %[unique-id]\n\
              \x20 option forwardfor\n\
              \x20 http-request set-header X-Forwarded-Proto https if {{ ssl_fc }}\n\
@@ -850,6 +876,9 @@ respond = {{ status = 404, body = "no route" }}
                 shell::step(&format!("bench l7: {}", case.title()));
                 reports.push(self.measure_case(case, &running)?);
             }
+            if access_log {
+                self.check_access_logs()?;
+            }
         }
         let mut configs = std::collections::BTreeMap::new();
         if let Ok(entries) = fs::read_dir(&self.dir) {
@@ -869,6 +898,54 @@ respond = {{ status = 404, body = "no route" }}
             configs,
             gateway_build: String::new(),
         })
+    }
+
+    /// The access-log case compares like with like: every proxy's last access line is a JSON
+    /// object with lb-gateway's keys.
+    fn check_access_logs(&self) -> anyhow::Result<()> {
+        let keys = |proxy: Proxy, file: &str| -> anyhow::Result<Vec<String>> {
+            let path = self.dir.join(file);
+            let text = fs::read_to_string(&path).with_context(|| {
+                format!("reading {}'s access log {}", proxy.name(), path.display())
+            })?;
+            // The last complete line that is an access line (lb-gateway's stdout has its
+            // other logs too).
+            let line = text
+                .split_inclusive('\n')
+                .rfind(|l| l.ends_with('\n') && l.contains(r#""target":"access_log""#))
+                .with_context(|| {
+                    format!(
+                        "{} wrote no access line to {}",
+                        proxy.name(),
+                        path.display()
+                    )
+                })?;
+            let value: serde_json::Value = serde_json::from_str(line).with_context(|| {
+                format!(
+                    "{}'s access line is not JSON: {}",
+                    proxy.name(),
+                    line.trim_end()
+                )
+            })?;
+            let object = value
+                .as_object()
+                .with_context(|| format!("{}'s access line is not a JSON object", proxy.name()))?;
+            Ok(object.keys().cloned().collect())
+        };
+        let gateway = keys(Proxy::LbGateway, "gateway-log.out")?;
+        for (proxy, file) in [
+            (Proxy::Nginx, "nginx-access.log"),
+            (Proxy::Haproxy, "haproxy-log.out"),
+        ] {
+            let theirs = keys(proxy, file)?;
+            if theirs != gateway {
+                bail!(
+                    "{}'s access line has the keys {theirs:?}, lb-gateway's {gateway:?}: the case would not compare like with like",
+                    proxy.name()
+                );
+            }
+        }
+        Ok(())
     }
 
     fn measure_case(&self, case: Case, running: &[(Proxy, Running)]) -> anyhow::Result<CaseReport> {
