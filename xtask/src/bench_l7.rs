@@ -16,9 +16,10 @@
 //!   upstream;
 //! - **cases**: HTTP/1.1 saturation (`wrk -t1 -c50`), the same with the access log on (to a
 //!   file; each proxy writes lb-gateway's JSON line, same keys, and the bench checks that it
-//!   did: see [`NGINX_LOG_FORMAT`]), h2c (`h2load -t1 -c50 -m1`), TLS 1.3 (`wrk -t1 -c50` over https; a self-signed
-//!   P-256 certificate made with the `openssl` CLI at bench time), and CPU use at a fixed
-//!   20,000 req/s (`h2load --h1 -t1 -c50 --rps 400`, i.e. 400 req/s per connection);
+//!   did: see [`NGINX_LOG_FORMAT`]), h2c (`h2load -t1 -c50 -m1`), TLS 1.3 (`wrk -t1 -c50`
+//!   over https; a self-signed P-256 certificate made with the `openssl` CLI at bench time),
+//!   and CPU use at a fixed 20,000 req/s (`h2load --h1 -t1 -c50 --rps 400`, i.e. 400 req/s
+//!   per connection);
 //! - **measures**: requests per second and p99 latency from wrk (h2load reports the mean
 //!   request time instead), and the proxy's CPU use: the utime + stime of all its processes
 //!   (/proc/PID/stat) over the run divided by the run's wall time, 100% = one core, and from
