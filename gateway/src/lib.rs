@@ -13,6 +13,7 @@ pub mod body;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod discovery;
 pub mod entropy;
 pub mod error;
 pub mod framing;

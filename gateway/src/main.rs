@@ -99,7 +99,14 @@ fn main() -> ExitCode {
                 }
                 None => tokio::runtime::Builder::new_multi_thread(),
             };
-            let runtime = match builder.enable_all().build() {
+            // Blocking threads serve rare work (reloads, `discover` name lookups): let them
+            // go after a second idle rather than tokio's ten, so that a single-threaded
+            // gateway is single-threaded again between those.
+            let runtime = match builder
+                .enable_all()
+                .thread_keep_alive(std::time::Duration::from_secs(1))
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     report(&e);

@@ -21,8 +21,8 @@ use crate::layers::{
 };
 use crate::metrics::{Metrics, MetricsError};
 use crate::proxy::ProxyService;
-use crate::snapshot::Snapshot;
-use crate::{admin, listener};
+use crate::snapshot::{Resolved, Snapshot};
+use crate::{admin, discovery, listener};
 
 /// The request service of a connection, all layers included. Cloning it is a couple of
 /// reference-count increments, so a connection clones it for every request.
@@ -76,6 +76,8 @@ pub struct Shared {
     access_log: Arc<AtomicBool>,
     access_log_output: AccessLog,
     reload_lock: Mutex<()>,
+    /// Wakes the DNS refresh after a reload (the config's names or period may have changed).
+    pub discovery_wake: Notify,
 }
 
 impl std::fmt::Debug for Shared {
@@ -184,7 +186,9 @@ impl Shared {
         if !conflicts.is_empty() {
             return Err(invalid(conflicts));
         }
-        let mut next = Snapshot::build(config, Some(&current), &self.metrics).map_err(invalid)?;
+        let resolved = discovery::for_reload(config.discovered_names(), &current.resolved);
+        let mut next =
+            Snapshot::build(config, Some(&current), &self.metrics, resolved).map_err(invalid)?;
         // Only a config that is otherwise valid starts the writer thread.
         if next.config.access_log
             && let Err(e) = self.access_log_output.start()
@@ -198,7 +202,42 @@ impl Shared {
         self.access_log
             .store(next.config.access_log, Ordering::Relaxed);
         self.snapshot.store(Arc::new(next));
+        self.discovery_wake.notify_one();
         Ok(())
+    }
+
+    /// Swaps in a snapshot whose `discover` members follow `answers` (new answers by name;
+    /// names without one keep theirs). Serialised with reloads; a no-op when nothing changed.
+    pub fn apply_resolved(&self, answers: Resolved) {
+        let _serialised = self
+            .reload_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let current = self.snapshot.load_full();
+        let mut merged = Resolved::new();
+        for name in current.config.discovered_names() {
+            let addrs = answers.get(&name).or_else(|| current.resolved.get(&name));
+            if let Some(addrs) = addrs {
+                if current.resolved.get(&name) != Some(addrs) {
+                    tracing::info!(name = %name, addresses = ?addrs, "discover: the name's members changed");
+                }
+                merged.insert(name, addrs.clone());
+            }
+        }
+        if merged == *current.resolved {
+            return;
+        }
+        match current.with_resolved(&self.metrics, merged) {
+            Ok(mut next) => {
+                next.start_health_checks(&self.metrics);
+                self.snapshot.store(Arc::new(next));
+            }
+            Err(errors) => {
+                for e in errors {
+                    tracing::error!(path = %e.path, error = %e.message, "discover: the new members were not applied");
+                }
+            }
+        }
     }
 }
 
@@ -209,9 +248,12 @@ pub fn check_config(path: &Path) -> Result<config::Config, ConfigError> {
         file: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    Snapshot::build(config.clone(), None, &metrics).map_err(|errors| ConfigError::Invalid {
-        file: path.to_path_buf(),
-        errors,
+    // Names are not resolved here: `discover` members are checked as written.
+    Snapshot::build(config.clone(), None, &metrics, Resolved::new()).map_err(|errors| {
+        ConfigError::Invalid {
+            file: path.to_path_buf(),
+            errors,
+        }
     })?;
     Ok(config)
 }
@@ -264,11 +306,13 @@ impl Gateway {
         if config.access_log {
             access_log_output.start()?;
         }
-        let mut snapshot =
-            Snapshot::build(config, None, &metrics).map_err(|errors| ConfigError::Invalid {
+        let resolved = discovery::resolve_all(config.discovered_names()).await;
+        let mut snapshot = Snapshot::build(config, None, &metrics, resolved).map_err(|errors| {
+            ConfigError::Invalid {
                 file: config_path.to_path_buf(),
                 errors,
-            })?;
+            }
+        })?;
         snapshot.start_health_checks(&metrics);
         let access_log = snapshot.config.access_log;
         let admin_addr = snapshot.config.admin;
@@ -288,6 +332,7 @@ impl Gateway {
             access_log: Arc::new(AtomicBool::new(access_log)),
             access_log_output,
             reload_lock: Mutex::new(()),
+            discovery_wake: Notify::new(),
         });
         let (shutdown, rx) = watch::channel(false);
         let mut sockets = Vec::new();
@@ -327,7 +372,7 @@ impl Gateway {
             None => (None, None),
         };
         let mut listeners = BTreeMap::new();
-        let mut tasks = Vec::new();
+        let mut tasks = vec![tokio::spawn(discovery::refresh(Arc::clone(&shared)))];
         for (name, local, socket) in sockets {
             tracing::info!(listener = %name, addr = %local, "listening");
             tasks.push(tokio::spawn(listener::accept_loop(

@@ -4,7 +4,8 @@
 //! a complete new snapshot (carrying member state and connection pools over) and swaps it in
 //! one step, so a request never sees half of two configs.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -21,6 +22,9 @@ use crate::upstream::Upstream;
 /// short keys.
 pub type NameMap<V> = HashMap<String, V, fnv::FnvBuildHasher>;
 
+/// The addresses each `discover` member's `host:port` resolved to (sorted, no duplicates).
+pub type Resolved = BTreeMap<String, Vec<SocketAddr>>;
+
 /// Per-listener runtime data.
 #[derive(Debug)]
 pub struct ListenerRuntime {
@@ -33,17 +37,21 @@ pub struct ListenerRuntime {
 #[derive(Debug)]
 pub struct Snapshot {
     pub config: Arc<Config>,
-    pub listeners: NameMap<ListenerRuntime>,
+    pub listeners: Arc<NameMap<ListenerRuntime>>,
     pub upstreams: NameMap<Arc<Upstream>>,
+    /// What the `discover` members resolved to when this snapshot was built.
+    pub resolved: Arc<Resolved>,
     health_tasks: TaskSet,
 }
 
 impl Snapshot {
-    /// Builds a snapshot (loads certificates); errors carry key paths.
+    /// Builds a snapshot (loads certificates); errors carry key paths. `discover` members
+    /// become one member per address in `resolved` (none for a name missing there).
     pub fn build(
         config: Config,
         previous: Option<&Snapshot>,
         metrics: &Metrics,
+        resolved: Resolved,
     ) -> Result<Self, Vec<FieldError>> {
         let mut errs = Vec::new();
         let routes: Vec<_> = config.routes.iter().cloned().map(Arc::new).collect();
@@ -59,23 +67,37 @@ impl Snapshot {
                 },
             );
         }
-        let now = Instant::now();
-        let mut upstreams = NameMap::default();
-        for (name, u) in &config.upstreams {
-            let prev = previous
-                .and_then(|p| p.upstreams.get(name))
-                .map(Arc::as_ref);
-            if let Some(up) = Upstream::build(u, prev, metrics, now, &mut errs) {
-                upstreams.insert(name.clone(), Arc::new(up));
-            }
-        }
+        let upstreams = build_upstreams(&config, previous, metrics, &resolved, &mut errs);
         if !errs.is_empty() {
             return Err(errs);
         }
         Ok(Self {
             config: Arc::new(config),
-            listeners,
+            listeners: Arc::new(listeners),
             upstreams,
+            resolved: Arc::new(resolved),
+            health_tasks: TaskSet::default(),
+        })
+    }
+
+    /// This snapshot with its `discover` members taken from `resolved`: same config,
+    /// listeners and certificates (nothing is read from disk), upstream pools rebuilt
+    /// carrying over the state of every member whose address stays.
+    pub fn with_resolved(
+        &self,
+        metrics: &Metrics,
+        resolved: Resolved,
+    ) -> Result<Self, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let upstreams = build_upstreams(&self.config, Some(self), metrics, &resolved, &mut errs);
+        if !errs.is_empty() {
+            return Err(errs);
+        }
+        Ok(Self {
+            config: Arc::clone(&self.config),
+            listeners: Arc::clone(&self.listeners),
+            upstreams,
+            resolved: Arc::new(resolved),
             health_tasks: TaskSet::default(),
         })
     }
@@ -120,4 +142,24 @@ impl Snapshot {
         }
         errs
     }
+}
+
+fn build_upstreams(
+    config: &Config,
+    previous: Option<&Snapshot>,
+    metrics: &Metrics,
+    resolved: &Resolved,
+    errs: &mut Vec<FieldError>,
+) -> NameMap<Arc<Upstream>> {
+    let now = Instant::now();
+    let mut upstreams = NameMap::default();
+    for (name, u) in &config.upstreams {
+        let prev = previous
+            .and_then(|p| p.upstreams.get(name))
+            .map(Arc::as_ref);
+        if let Some(up) = Upstream::build(u, prev, metrics, now, resolved, errs) {
+            upstreams.insert(name.clone(), Arc::new(up));
+        }
+    }
+    upstreams
 }

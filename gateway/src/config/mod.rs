@@ -8,7 +8,7 @@
 pub mod raw;
 pub mod validate;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
@@ -100,6 +100,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// Whether one JSON access-log line is written per request.
     pub access_log: bool,
+    /// How often the names of `discover` members are resolved again.
+    pub dns_refresh: Duration,
     /// Address of the admin listener (health, metrics, reload), if any.
     pub admin: Option<SocketAddr>,
     pub listeners: BTreeMap<String, ListenerConfig>,
@@ -216,11 +218,35 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTlsConfig>,
 }
 
-/// One member: `host:port` (names are resolved on every new connection) and a weight.
+/// One member: `host:port` and a weight. A name is resolved on every new connection, unless
+/// `discover`: then it stands for every address it resolves to, one member each, resolved
+/// again every `global.dns_refresh`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemberConfig {
     pub address: String,
     pub weight: NonZeroU32,
+    pub discover: bool,
+}
+
+impl UpstreamConfig {
+    /// The `host:port` names of this upstream's `discover` members.
+    pub fn discovered_names(&self) -> impl Iterator<Item = &str> {
+        self.members
+            .iter()
+            .filter(|m| m.discover)
+            .map(|m| m.address.as_str())
+    }
+}
+
+impl Config {
+    /// The `host:port` names of every `discover` member, each once.
+    pub fn discovered_names(&self) -> BTreeSet<String> {
+        self.upstreams
+            .values()
+            .flat_map(UpstreamConfig::discovered_names)
+            .map(str::to_owned)
+            .collect()
+    }
 }
 
 /// Active health checking.

@@ -28,6 +28,7 @@ pub struct RawConfig {
 pub struct RawGlobal {
     pub drain_timeout: Option<String>,
     pub access_log: Option<bool>,
+    pub dns_refresh: Option<String>,
 }
 
 /// `[admin]`
@@ -106,6 +107,7 @@ pub struct RawUpstreamTls {
 pub struct RawMember {
     pub address: Option<String>,
     pub weight: Option<i64>,
+    pub discover: Option<bool>,
 }
 
 /// `[upstreams.NAME.hash]`

@@ -149,3 +149,62 @@ proptest::proptest! {
         drop(parse(&text, Path::new("x.toml")));
     }
 }
+
+#[test]
+fn discover_members_need_a_name_and_tls_needs_a_server_name() {
+    let c = parse(
+        r#"
+[global]
+dns_refresh = "250ms"
+[listeners.web]
+listen = "127.0.0.1:0"
+[upstreams.api]
+members = [{ address = "api.internal:8080", discover = true, weight = 3 }, { address = "10.0.0.1:80" }]
+[[routes]]
+upstream = "api"
+"#,
+        Path::new("gw.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.dns_refresh, Duration::from_millis(250));
+    assert_eq!(
+        c.discovered_names().into_iter().collect::<Vec<_>>(),
+        ["api.internal:8080"]
+    );
+    assert!(!c.upstreams["api"].members[1].discover);
+    assert_eq!(
+        parse(MINIMAL, Path::new("gw.toml")).unwrap().dns_refresh,
+        Duration::from_secs(10)
+    );
+
+    let e = errors(
+        r#"
+[global]
+dns_refresh = "0s"
+[listeners.web]
+listen = "127.0.0.1:0"
+[upstreams.api]
+members = [{ address = "10.0.0.1:80", discover = true }, { address = "a.internal:80", discover = true }, { address = "b.internal:80", discover = true }]
+tls = {}
+[[routes]]
+upstream = "api"
+"#,
+    );
+    let expected = [
+        "global.dns_refresh: must be > 0",
+        "upstreams.api.members[0].discover: `10.0.0.1:80` is an IP address; `discover` needs a DNS name",
+        "upstreams.api.tls.server_name: is required with `discover` members",
+    ];
+    for want in expected {
+        assert!(
+            e.iter().any(|m| m.starts_with(want)),
+            "{want:?} not in {e:#?}"
+        );
+    }
+    // The TLS error is listed once however many members discover.
+    assert_eq!(
+        e.iter().filter(|m| m.contains("tls.server_name")).count(),
+        1,
+        "{e:#?}"
+    );
+}

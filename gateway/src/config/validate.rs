@@ -86,6 +86,11 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldError>> 
         global.drain_timeout.as_ref(),
         Duration::from_secs(30),
     );
+    let dns_refresh = errs.duration(
+        "global.dns_refresh",
+        global.dns_refresh.as_ref(),
+        Duration::from_secs(10),
+    );
     let admin = raw.admin.and_then(|a| a.listen).and_then(|l| {
         l.parse::<SocketAddr>()
             .map_err(|_| errs.push("admin.listen", format!("`{l}` is not an IP:port address")))
@@ -141,6 +146,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, Vec<FieldError>> 
         Ok(Config {
             drain_timeout,
             access_log: global.access_log.unwrap_or(true),
+            dns_refresh,
             admin,
             listeners,
             upstreams,
@@ -388,6 +394,7 @@ fn upstream(
     }
     let mut members = Vec::new();
     let mut seen = BTreeSet::new();
+    let mut tls_name_reported = false;
     for (i, m) in u.members.into_iter().enumerate() {
         let mpath = format!("{path}.members[{i}]");
         let weight = match m.weight {
@@ -411,7 +418,29 @@ fn upstream(
                     if !seen.insert(a.clone()) {
                         errs.push(format!("{mpath}.address"), format!("`{a}` is listed twice"));
                     }
-                    members.push(MemberConfig { address: a, weight });
+                    let discover = m.discover.unwrap_or(false);
+                    if discover && a.parse::<SocketAddr>().is_ok() {
+                        errs.push(
+                            format!("{mpath}.discover"),
+                            format!("`{a}` is an IP address; `discover` needs a DNS name"),
+                        );
+                    }
+                    if discover
+                        && !tls_name_reported
+                        && tls.as_ref().is_some_and(|t| t.server_name.is_none())
+                    {
+                        tls_name_reported = true;
+                        errs.push(
+                            format!("{path}.tls.server_name"),
+                            "is required with `discover` members (they are connected to by IP \
+                             address, so the name to verify cannot come from the address)",
+                        );
+                    }
+                    members.push(MemberConfig {
+                        address: a,
+                        weight,
+                        discover,
+                    });
                 }
                 Err(e) => errs.push(format!("{mpath}.address"), e),
             },

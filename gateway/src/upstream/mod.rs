@@ -15,6 +15,7 @@ use prometheus::IntCounter;
 use crate::config::{FieldError, UpstreamConfig};
 use crate::metrics::Metrics;
 use crate::retry::RetryBudget;
+use crate::snapshot::Resolved;
 
 pub use balancer::Balancer;
 pub use client::UpstreamClient;
@@ -62,20 +63,20 @@ impl Upstream {
         previous: Option<&Upstream>,
         metrics: &Metrics,
         now: Instant,
+        resolved: &Resolved,
         errs: &mut Vec<FieldError>,
     ) -> Option<Self> {
-        let members: Vec<Arc<Member>> = cfg
-            .members
-            .iter()
-            .map(|m| {
+        let members: Vec<Arc<Member>> = member_addresses(cfg, resolved)
+            .into_iter()
+            .map(|(address, weight)| {
                 previous
                     .and_then(|p| {
                         p.members
                             .iter()
-                            .find(|old| old.address == m.address && old.weight == m.weight.get())
+                            .find(|old| old.address == address && old.weight == weight)
                     })
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Member::new(m.address.clone(), m.weight.get())))
+                    .unwrap_or_else(|| Arc::new(Member::new(address, weight)))
             })
             .collect();
         let opened = metrics
@@ -163,4 +164,27 @@ impl Upstream {
                 .set(i64::from(m.available(now)));
         }
     }
+}
+
+/// The members' addresses and weights in config order: a `discover` member becomes one per
+/// address its name resolved to (none while it has not resolved); an address that appears
+/// twice (a name resolving to a listed address, two names to one address) is a member once,
+/// with the first weight.
+fn member_addresses(cfg: &UpstreamConfig, resolved: &Resolved) -> Vec<(String, u32)> {
+    let mut out: Vec<(String, u32)> = Vec::new();
+    let mut push = |address: String, weight: u32| {
+        if !out.iter().any(|(a, _)| *a == address) {
+            out.push((address, weight));
+        }
+    };
+    for m in &cfg.members {
+        if m.discover {
+            for addr in resolved.get(&m.address).into_iter().flatten() {
+                push(addr.to_string(), m.weight.get());
+            }
+        } else {
+            push(m.address.clone(), m.weight.get());
+        }
+    }
+    out
 }

@@ -152,6 +152,11 @@ impl TestUpstream {
         Self::start_with(name, h2c, None).await
     }
 
+    /// Starts an HTTP/1.1 upstream on `socket` (already bound).
+    pub fn start_on(name: &str, socket: TcpListener) -> Self {
+        Self::serve_on(name, false, None, socket)
+    }
+
     /// Starts a TLS upstream: HTTP/2 when the client negotiated ALPN `h2`, else HTTP/1.1.
     pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Self {
         Self::start_with(name, false, Some(tls)).await
@@ -159,6 +164,15 @@ impl TestUpstream {
 
     async fn start_with(name: &str, h2c: bool, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve_on(name, h2c, tls, socket)
+    }
+
+    fn serve_on(
+        name: &str,
+        h2c: bool,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        socket: TcpListener,
+    ) -> Self {
         let addr = socket.local_addr().unwrap();
         let state = Arc::new(UpstreamState::default());
         let (n, st) = (name.to_string(), Arc::clone(&state));

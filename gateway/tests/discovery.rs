@@ -1,0 +1,188 @@
+//! Service discovery by DNS, end to end: a real `lb-gateway` process whose resolver reads a
+//! hosts file the test rewrites (the process runs in a mount namespace where that file is
+//! bind-mounted over `/etc/hosts`, and a `resolv.conf` naming 127.0.0.1 over
+//! `/etc/resolv.conf`, so a name missing from the file is asked of loopback, where nobody
+//! answers, and never of a real DNS server), and real upstreams on three loopback addresses.
+//! Needs root (`unshare --mount`); `LB_SKIP_PRIVILEGED=1` skips it, loudly.
+
+// The helpers below are test code outside #[test] functions.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+// The same gate as the lab's privileged tests (one file, two crates).
+#[path = "../../tests/src/privileged.rs"]
+mod privileged;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use common::{TempDir, TestUpstream, client, get};
+use tokio::net::TcpListener;
+
+const BIN: &str = env!("CARGO_BIN_EXE_lb-gateway");
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Binds one port on each of `ips` (the same port on all, as one DNS name's addresses have).
+async fn same_port(ips: &[&str]) -> Vec<TcpListener> {
+    for _ in 0..50 {
+        let first = TcpListener::bind(format!("{}:0", ips[0])).await.unwrap();
+        let port = first.local_addr().unwrap().port();
+        let mut all = vec![first];
+        for ip in &ips[1..] {
+            match TcpListener::bind(format!("{ip}:{port}")).await {
+                Ok(l) => all.push(l),
+                Err(_) => break,
+            }
+        }
+        if all.len() == ips.len() {
+            return all;
+        }
+    }
+    panic!("no port free on all of {ips:?}");
+}
+
+/// Which upstream answered each of `n` requests; every request must succeed.
+async fn tally(url: &str, n: usize) -> BTreeMap<String, usize> {
+    let c = client();
+    let mut seen = BTreeMap::new();
+    for _ in 0..n {
+        let (status, headers, body) = get(&c, url).await;
+        assert_eq!(status, 200, "{body}");
+        let name = headers["x-upstream"].to_str().unwrap().to_owned();
+        *seen.entry(name).or_insert(0) += 1;
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_members_follow_the_names_addresses() {
+    if !privileged::require_root("discover_members_follow_the_names_addresses") {
+        return;
+    }
+    let sockets = same_port(&["127.0.0.2", "127.0.0.3", "127.0.0.4"]).await;
+    let port = sockets[0].local_addr().unwrap().port();
+    let ups: Vec<TestUpstream> = sockets
+        .into_iter()
+        .zip(["a", "b", "c"])
+        .map(|(s, name)| TestUpstream::start_on(name, s))
+        .collect();
+    let listen = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = TempDir::new();
+    // Two addresses for the name at first (`/etc/host.conf` has `multi on` on Debian; the
+    // test says so if it does not).
+    let hosts = dir.write("hosts", "127.0.0.2 svc.test\n127.0.0.3 svc.test\n");
+    let resolv = dir.write(
+        "resolv.conf",
+        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+    );
+    let config_text = |members: &str| {
+        format!(
+            r#"
+[global]
+access_log = false
+dns_refresh = "200ms"
+
+[listeners.web]
+listen = "{listen}"
+
+[upstreams.svc]
+members = [{members}]
+
+[[routes]]
+upstream = "svc"
+"#
+        )
+    };
+    let config = dir.write(
+        "gw.toml",
+        &config_text(&format!(
+            r#"{{ address = "svc.test:{port}", discover = true }}"#
+        )),
+    );
+    let mut gateway = tokio::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && exec "$3" run --config "$4""#)
+        .arg("sh")
+        .arg(&hosts)
+        .arg(&resolv)
+        .arg(BIN)
+        .arg(&config)
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare (util-linux) runs");
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(listen).await.is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not listen");
+        assert!(gateway.try_wait().unwrap().is_none(), "the gateway exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let url = format!("http://{listen}/");
+
+    // The name's two addresses are two members, taken in turn.
+    let seen = tally(&url, 20).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("a".to_owned(), 10), ("b".to_owned(), 10)]),
+        "round robin over both addresses of svc.test"
+    );
+
+    // The name moves to a third address: within a few refreshes every request goes there,
+    // and none fails on the way.
+    std::fs::write(&hosts, "127.0.0.4 svc.test\n").unwrap();
+    let moved = loop {
+        assert!(
+            Instant::now() < deadline,
+            "requests never moved to the new address"
+        );
+        let seen = tally(&url, 10).await;
+        if seen.keys().eq(["c"]) {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(moved["c"], 10);
+    let c_hits = ups[2].hits();
+    assert!(c_hits >= 10, "{c_hits}");
+
+    // A name that stops resolving keeps its last addresses (a DNS outage empties no pool).
+    std::fs::write(&hosts, "127.0.0.1 other.test\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        tally(&url, 10).await,
+        BTreeMap::from([("c".to_owned(), 10)])
+    );
+
+    // A reload that adds a second name: its addresses join the pool, the first name's last
+    // answer stays.
+    std::fs::write(&hosts, "127.0.0.2 svc2.test\n").unwrap();
+    std::fs::write(
+        &config,
+        config_text(&format!(
+            r#"{{ address = "svc.test:{port}", discover = true }}, {{ address = "svc2.test:{port}", discover = true }}"#
+        )),
+    )
+    .unwrap();
+    let pid = gateway.id().expect("the gateway runs");
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    loop {
+        assert!(
+            Instant::now() < deadline,
+            "the reload's new name got no traffic"
+        );
+        let seen = tally(&url, 10).await;
+        if seen == BTreeMap::from([("a".to_owned(), 5), ("c".to_owned(), 5)]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.kill().await.unwrap();
+}
