@@ -86,6 +86,7 @@ pub fn spawn(upstream: &Arc<Upstream>, metrics: &Metrics, tasks: &mut TaskSet) {
         let name = upstream.config.name.clone();
         let scheme = crate::upstream::client::scheme(&upstream.config);
         let protocol = upstream.config.protocol;
+        let pool = Arc::clone(upstream);
         tasks.push(tokio::spawn(async move {
             let mut tracker = HealthTracker::new(member.healthy());
             let mut interval = tokio::time::interval(hc.interval);
@@ -97,10 +98,12 @@ pub fn spawn(upstream: &Arc<Upstream>, metrics: &Metrics, tasks: &mut TaskSet) {
                     member.set_healthy(state);
                     tracing::info!(upstream = %name, member = %member.address, healthy = state, "member health changed");
                 }
-                metrics
-                    .upstream_member_healthy
-                    .with_label_values(&[name.as_str(), member.address.as_str()])
-                    .set(i64::from(member.available(Instant::now())));
+                if !pool.is_retired() {
+                    metrics
+                        .upstream_member_healthy
+                        .with_label_values(&[name.as_str(), member.address.as_str()])
+                        .set(i64::from(member.available(Instant::now())));
+                }
             }
         }));
     }

@@ -201,9 +201,31 @@ impl Shared {
         next.start_health_checks(&self.metrics);
         self.access_log
             .store(next.config.access_log, Ordering::Relaxed);
-        self.snapshot.store(Arc::new(next));
+        self.swap(next);
         self.discovery_wake.notify_one();
         Ok(())
+    }
+
+    /// Makes `next` the snapshot; the pools it replaces stop publishing member health, and
+    /// the health series of members that left are removed (a gone member must not stay
+    /// "healthy" in the metrics).
+    fn swap(&self, next: Snapshot) {
+        let old = self.snapshot.swap(Arc::new(next));
+        let new = self.snapshot.load();
+        for (name, up) in &old.upstreams {
+            up.retire();
+            let kept = new.upstreams.get(name);
+            for m in &up.members {
+                let stays = kept.is_some_and(|k| k.members.iter().any(|n| n.address == m.address));
+                if !stays {
+                    // Err: the series was never published; nothing to remove.
+                    self.metrics
+                        .upstream_member_healthy
+                        .remove_label_values(&[name.as_str(), m.address.as_str()])
+                        .ok();
+                }
+            }
+        }
     }
 
     /// Swaps in a snapshot whose `discover` members follow `answers` (new answers by name;
@@ -230,7 +252,7 @@ impl Shared {
         match current.with_resolved(&self.metrics, merged) {
             Ok(mut next) => {
                 next.start_health_checks(&self.metrics);
-                self.snapshot.store(Arc::new(next));
+                self.swap(next);
             }
             Err(errors) => {
                 for e in errors {

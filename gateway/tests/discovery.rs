@@ -67,10 +67,11 @@ async fn discover_members_follow_the_names_addresses() {
         .zip(["a", "b", "c"])
         .map(|(s, name)| TestUpstream::start_on(name, s))
         .collect();
-    let listen = {
+    let free = || {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
+    let (listen, admin) = (free(), free());
     let dir = TempDir::new();
     // Two addresses for the name at first (`/etc/host.conf` has `multi on` on Debian; the
     // test says so if it does not).
@@ -85,6 +86,9 @@ async fn discover_members_follow_the_names_addresses() {
 [global]
 access_log = false
 dns_refresh = "200ms"
+
+[admin]
+listen = "{admin}"
 
 [listeners.web]
 listen = "{listen}"
@@ -148,6 +152,21 @@ upstream = "svc"
     assert_eq!(moved["c"], 10);
     let c_hits = ups[2].hits();
     assert!(c_hits >= 10, "{c_hits}");
+    // The members that left are gone from the health gauge, the new one is there.
+    let (_, _, metrics) = get(&client(), &format!("http://{admin}/metrics")).await;
+    let gauge = |ip: &str| {
+        format!(r#"lb_gateway_upstream_member_healthy{{member="{ip}:{port}",upstream="svc"}}"#)
+    };
+    assert!(
+        metrics.contains(&format!("{} 1", gauge("127.0.0.4"))),
+        "{metrics}"
+    );
+    for gone in ["127.0.0.2", "127.0.0.3"] {
+        assert!(
+            !metrics.contains(&gauge(gone)),
+            "{gone} still listed:\n{metrics}"
+        );
+    }
 
     // A name that stops resolving keeps its last addresses (a DNS outage empties no pool).
     std::fs::write(&hosts, "127.0.0.1 other.test\n").unwrap();

@@ -7,7 +7,7 @@ pub mod member;
 pub mod pool;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use prometheus::IntCounter;
@@ -40,6 +40,9 @@ pub struct Upstream {
     /// When the health gauge was last published (ms since `epoch`).
     published_ms: AtomicU64,
     epoch: Instant,
+    /// Set when a newer snapshot replaced this pool: it no longer publishes member health
+    /// (requests still finishing on it would bring back the series of members that left).
+    retired: AtomicBool,
 }
 
 /// Attempt counters of one member, by outcome label.
@@ -122,6 +125,7 @@ impl Upstream {
             attempts,
             published_ms: AtomicU64::new(0),
             epoch: now,
+            retired: AtomicBool::new(false),
         };
         up.publish_health(metrics, now);
         Some(up)
@@ -155,8 +159,21 @@ impl Upstream {
         }
     }
 
-    /// Updates the member health gauge.
+    /// Marks the pool as replaced by a newer snapshot's (see [`Self::is_retired`]).
+    pub fn retire(&self) {
+        self.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether a newer snapshot replaced this pool; it then publishes no member health.
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::Acquire)
+    }
+
+    /// Updates the member health gauge (not once the pool is retired).
     pub fn publish_health(&self, metrics: &Metrics, now: Instant) {
+        if self.is_retired() {
+            return;
+        }
         for m in &self.members {
             metrics
                 .upstream_member_healthy
