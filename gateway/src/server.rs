@@ -240,19 +240,24 @@ impl Shared {
         for name in current.config.discovered_names() {
             let addrs = answers.get(&name).or_else(|| current.resolved.get(&name));
             if let Some(addrs) = addrs {
-                if current.resolved.get(&name) != Some(addrs) {
-                    tracing::info!(name = %name, addresses = ?addrs, "discover: the name's members changed");
-                }
                 merged.insert(name, addrs.clone());
             }
         }
         if merged == *current.resolved {
             return;
         }
+        let changed: Vec<(String, Vec<SocketAddr>)> = merged
+            .iter()
+            .filter(|(name, addrs)| current.resolved.get(*name) != Some(*addrs))
+            .map(|(name, addrs)| (name.clone(), addrs.clone()))
+            .collect();
         match current.with_resolved(&self.metrics, merged) {
             Ok(mut next) => {
                 next.start_health_checks(&self.metrics);
                 self.swap(next);
+                for (name, addrs) in changed {
+                    tracing::info!(name = %name, addresses = ?addrs, "discover: the name's members changed");
+                }
             }
             Err(errors) => {
                 for e in errors {

@@ -115,7 +115,7 @@ upstream = "svc"
         .arg(&resolv)
         .arg(BIN)
         .arg(&config)
-        .stdout(std::process::Stdio::null())
+        .stdout(std::fs::File::create(dir.0.join("gateway.out")).unwrap())
         .kill_on_drop(true)
         .spawn()
         .expect("unshare (util-linux) runs");
@@ -152,6 +152,14 @@ upstream = "svc"
     assert_eq!(moved["c"], 10);
     let c_hits = ups[2].hits();
     assert!(c_hits >= 10, "{c_hits}");
+    // The change is logged for the operator.
+    let log = std::fs::read_to_string(dir.0.join("gateway.out")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("discover: the name's members changed")
+                && l.contains(&format!("127.0.0.4:{port}"))),
+        "{log}"
+    );
     // The members that left are gone from the health gauge, the new one is there.
     let (_, _, metrics) = get(&client(), &format!("http://{admin}/metrics")).await;
     let gauge = |ip: &str| {
