@@ -136,7 +136,23 @@ upstream = "svc"
     );
 
     // The name moves to a third address: within a few refreshes every request goes there,
-    // and none fails on the way.
+    // and none fails on the way, also among requests sent concurrently across the change.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, stop) = (url.clone(), std::sync::Arc::clone(&stop));
+            tokio::spawn(async move {
+                let c = client();
+                let mut statuses = BTreeMap::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let (status, _, _) = get(&c, &url).await;
+                    *statuses.entry(status.as_u16()).or_insert(0_usize) += 1;
+                }
+                statuses
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
     std::fs::write(&hosts, "127.0.0.4 svc.test\n").unwrap();
     let moved = loop {
         assert!(
@@ -150,6 +166,14 @@ upstream = "svc"
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(moved["c"], 10);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        let statuses = task.await.unwrap();
+        assert!(
+            statuses.keys().eq([&200]) && statuses[&200] > 0,
+            "{statuses:?}"
+        );
+    }
     let c_hits = ups[2].hits();
     assert!(c_hits >= 10, "{c_hits}");
     // The change is logged for the operator.
