@@ -58,15 +58,18 @@ fn usable(name: &str, answer: std::io::Result<Vec<SocketAddr>>) -> Option<Vec<So
     }
 }
 
-/// Resolves every name at start; a name that does not resolve has no members yet.
+/// Resolves every name, all at once (one slow name does not hold up the others); a name
+/// without a usable answer is left out.
 pub async fn resolve_all(names: impl IntoIterator<Item = String>) -> Resolved {
-    let mut resolved = Resolved::new();
-    for name in names {
-        if let Some(addrs) = usable(&name, resolve(&name).await) {
-            resolved.insert(name, addrs);
-        }
-    }
-    resolved
+    let lookups = names.into_iter().map(|name| async move {
+        let answer = resolve(&name).await;
+        usable(&name, answer).map(|addrs| (name, addrs))
+    });
+    futures_util::future::join_all(lookups)
+        .await
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// The answers for a new config's names: the current answer where there is one, otherwise
@@ -99,12 +102,7 @@ pub async fn refresh(shared: Arc<Shared>) {
             () = tokio::time::sleep(snapshot.config.dns_refresh) => {}
             () = shared.discovery_wake.notified() => continue,
         }
-        let mut answers = Resolved::new();
-        for name in names {
-            if let Some(addrs) = usable(&name, resolve(&name).await) {
-                answers.insert(name, addrs);
-            }
-        }
+        let answers = resolve_all(names).await;
         let unchanged = answers
             .iter()
             .all(|(name, addrs)| snapshot.resolved.get(name) == Some(addrs));
