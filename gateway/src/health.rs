@@ -98,12 +98,7 @@ pub fn spawn(upstream: &Arc<Upstream>, metrics: &Metrics, tasks: &mut TaskSet) {
                     member.set_healthy(state);
                     tracing::info!(upstream = %name, member = %member.address, healthy = state, "member health changed");
                 }
-                if !pool.is_retired() {
-                    metrics
-                        .upstream_member_healthy
-                        .with_label_values(&[name.as_str(), member.address.as_str()])
-                        .set(i64::from(member.available(Instant::now())));
-                }
+                pool.publish_member_health(&metrics, &member, Instant::now());
             }
         }));
     }

@@ -394,7 +394,6 @@ fn upstream(
     }
     let mut members = Vec::new();
     let mut seen = BTreeSet::new();
-    let mut tls_name_reported = false;
     for (i, m) in u.members.into_iter().enumerate() {
         let mpath = format!("{path}.members[{i}]");
         let weight = match m.weight {
@@ -425,17 +424,6 @@ fn upstream(
                             format!("`{a}` is an IP address; `discover` needs a DNS name"),
                         );
                     }
-                    if discover
-                        && !tls_name_reported
-                        && tls.as_ref().is_some_and(|t| t.server_name.is_none())
-                    {
-                        tls_name_reported = true;
-                        errs.push(
-                            format!("{path}.tls.server_name"),
-                            "is required with `discover` members (they are connected to by IP \
-                             address, so the name to verify cannot come from the address)",
-                        );
-                    }
                     members.push(MemberConfig {
                         address: a,
                         weight,
@@ -445,6 +433,13 @@ fn upstream(
                 Err(e) => errs.push(format!("{mpath}.address"), e),
             },
         }
+    }
+    if members.iter().any(|m| m.discover) && tls.as_ref().is_some_and(|t| t.server_name.is_none()) {
+        errs.push(
+            format!("{path}.tls.server_name"),
+            "is required with `discover` members (they are connected to by IP address, so the \
+             name to verify cannot come from the address)",
+        );
     }
     let connect_timeout = errs.duration(
         &format!("{path}.connect_timeout"),

@@ -171,15 +171,20 @@ impl Upstream {
 
     /// Updates the member health gauge (not once the pool is retired).
     pub fn publish_health(&self, metrics: &Metrics, now: Instant) {
+        for m in &self.members {
+            self.publish_member_health(metrics, m, now);
+        }
+    }
+
+    /// Updates one member's health gauge (not once the pool is retired).
+    pub fn publish_member_health(&self, metrics: &Metrics, member: &Member, now: Instant) {
         if self.is_retired() {
             return;
         }
-        for m in &self.members {
-            metrics
-                .upstream_member_healthy
-                .with_label_values(&[self.config.name.as_str(), m.address.as_str()])
-                .set(i64::from(m.available(now)));
-        }
+        metrics
+            .upstream_member_healthy
+            .with_label_values(&[self.config.name.as_str(), member.address.as_str()])
+            .set(i64::from(member.available(now)));
     }
 }
 
