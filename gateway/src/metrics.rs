@@ -148,6 +148,24 @@ impl Metrics {
         })
     }
 
+    /// Removes every series of a member that left `upstream`'s pool (health, attempts,
+    /// ejections): with `discover` names whose addresses change on each deploy, the series of
+    /// gone addresses would otherwise pile up for the life of the process.
+    pub fn forget_member(&self, upstream: &str, member: &str) {
+        // Err: that series was never created; nothing to remove.
+        self.upstream_member_healthy
+            .remove_label_values(&[upstream, member])
+            .ok();
+        self.upstream_ejections_total
+            .remove_label_values(&[upstream, member])
+            .ok();
+        for outcome in crate::upstream::ATTEMPT_OUTCOMES {
+            self.upstream_attempts_total
+                .remove_label_values(&[upstream, member, outcome])
+                .ok();
+        }
+    }
+
     /// The text exposition format.
     pub fn render(&self) -> Result<String, MetricsError> {
         let mut buf = Vec::new();

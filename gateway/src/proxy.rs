@@ -569,10 +569,7 @@ async fn forward(
         up.count_attempt(idx, outcome_label);
         let ejected = member.record_outcome(outcome, &cfg.outlier, done, up.may_eject(done));
         if ejected {
-            metrics
-                .upstream_ejections_total
-                .with_label_values(&[name, member.address.as_str()])
-                .inc();
+            up.count_ejection(idx);
             tracing::warn!(upstream = name, member = %member.address, "member ejected by outlier detection");
         }
         up.maybe_publish_health(metrics, done, ejected);

@@ -207,8 +207,8 @@ impl Shared {
     }
 
     /// Makes `next` the snapshot; the pools it replaces stop publishing member health, and
-    /// the health series of members that left are removed (a gone member must not stay
-    /// "healthy" in the metrics).
+    /// the series of members that left are removed (a gone member must not stay "healthy"
+    /// in the metrics, nor its counters pile up).
     fn swap(&self, next: Snapshot) {
         let old = self.snapshot.swap(Arc::new(next));
         let new = self.snapshot.load();
@@ -218,11 +218,7 @@ impl Shared {
             for m in &up.members {
                 let stays = kept.is_some_and(|k| k.members.iter().any(|n| n.address == m.address));
                 if !stays {
-                    // Err: the series was never published; nothing to remove.
-                    self.metrics
-                        .upstream_member_healthy
-                        .remove_label_values(&[name.as_str(), m.address.as_str()])
-                        .ok();
+                    self.metrics.forget_member(name, &m.address);
                 }
             }
         }

@@ -184,7 +184,8 @@ upstream = "svc"
                 && l.contains(&format!("127.0.0.4:{port}"))),
         "{log}"
     );
-    // The members that left are gone from the health gauge, the new one is there.
+    // The members that left are gone from every per-member series (health, attempts,
+    // ejections: they had served requests), the new one is there.
     let (_, _, metrics) = get(&client(), &format!("http://{admin}/metrics")).await;
     let gauge = |ip: &str| {
         format!(r#"lb_gateway_upstream_member_healthy{{member="{ip}:{port}",upstream="svc"}}"#)
@@ -193,11 +194,15 @@ upstream = "svc"
         metrics.contains(&format!("{} 1", gauge("127.0.0.4"))),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(&format!(
+            r#"lb_gateway_upstream_attempts_total{{member="127.0.0.4:{port}",outcome="success",upstream="svc"}}"#
+        )),
+        "{metrics}"
+    );
     for gone in ["127.0.0.2", "127.0.0.3"] {
-        assert!(
-            !metrics.contains(&gauge(gone)),
-            "{gone} still listed:\n{metrics}"
-        );
+        let label = format!(r#"member="{gone}:{port}""#);
+        assert!(!metrics.contains(&label), "{gone} still listed:\n{metrics}");
     }
 
     // A name that stops resolving keeps its last addresses (a DNS outage empties no pool).

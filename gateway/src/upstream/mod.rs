@@ -34,9 +34,10 @@ pub struct Upstream {
     pub budget: RetryBudget,
     /// `lb_gateway_upstream_pool_reused_requests_total` of this upstream (resolved once).
     pub pool_reused: IntCounter,
-    /// `lb_gateway_upstream_attempts_total` of each member (same index), by outcome, resolved
-    /// once so that an attempt does not look labels up.
-    attempts: Vec<AttemptCounters>,
+    /// The counters of each member (same index), resolved once so that an attempt does not
+    /// look labels up (and a retired pool cannot bring back the series of a member that left:
+    /// its handles are no longer in the registry).
+    counters: Vec<MemberCounters>,
     /// When the health gauge was last published (ms since `epoch`).
     published_ms: AtomicU64,
     epoch: Instant,
@@ -45,9 +46,13 @@ pub struct Upstream {
     retired: AtomicBool,
 }
 
-/// Attempt counters of one member, by outcome label.
+/// The counters of one member: `lb_gateway_upstream_attempts_total` by outcome label, and
+/// `lb_gateway_upstream_ejections_total`.
 #[derive(Debug)]
-struct AttemptCounters([IntCounter; ATTEMPT_OUTCOMES.len()]);
+struct MemberCounters {
+    attempts: [IntCounter; ATTEMPT_OUTCOMES.len()],
+    ejections: IntCounter,
+}
 
 /// The `outcome` label values of `lb_gateway_upstream_attempts_total`.
 pub const ATTEMPT_OUTCOMES: [&str; 5] =
@@ -100,16 +105,20 @@ impl Upstream {
                 )
             }
         };
-        let attempts = members
+        let counters = members
             .iter()
             .map(|m| {
-                AttemptCounters(ATTEMPT_OUTCOMES.map(|o| {
-                    metrics.upstream_attempts_total.with_label_values(&[
-                        cfg.name.as_str(),
-                        m.address.as_str(),
-                        o,
-                    ])
-                }))
+                let (name, address) = (cfg.name.as_str(), m.address.as_str());
+                MemberCounters {
+                    attempts: ATTEMPT_OUTCOMES.map(|o| {
+                        metrics
+                            .upstream_attempts_total
+                            .with_label_values(&[name, address, o])
+                    }),
+                    ejections: metrics
+                        .upstream_ejections_total
+                        .with_label_values(&[name, address]),
+                }
             })
             .collect();
         let up = Self {
@@ -122,7 +131,7 @@ impl Upstream {
                 .upstream_pool_reused_requests_total
                 .with_label_values(&[cfg.name.as_str()]),
             budget: RetryBudget::new(&cfg.retry, now),
-            attempts,
+            counters,
             published_ms: AtomicU64::new(0),
             epoch: now,
             retired: AtomicBool::new(false),
@@ -140,10 +149,17 @@ impl Upstream {
 
     /// Counts an attempt on member `idx` with an outcome of [`ATTEMPT_OUTCOMES`].
     pub fn count_attempt(&self, idx: usize, outcome: &str) {
-        let counters = self.attempts.get(idx);
+        let counters = self.counters.get(idx);
         let i = ATTEMPT_OUTCOMES.iter().position(|o| *o == outcome);
         if let (Some(c), Some(i)) = (counters, i) {
-            c.0[i].inc();
+            c.attempts[i].inc();
+        }
+    }
+
+    /// Counts an outlier ejection of member `idx`.
+    pub fn count_ejection(&self, idx: usize) {
+        if let Some(c) = self.counters.get(idx) {
+            c.ejections.inc();
         }
     }
 
