@@ -3,7 +3,9 @@
 //!
 //! Members start healthy, so a fresh gateway serves at once; a dead member is taken out after
 //! `fall` probes (and sooner by passive outlier detection). The probing tasks belong to a
-//! snapshot and are aborted when it is replaced.
+//! snapshot: they stop when a reload or a discovery change replaces their pool (before their
+//! next probe; a probe under way then is not counted), even while requests still run on the
+//! old snapshot, and are aborted when the snapshot is dropped.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -93,7 +95,15 @@ pub fn spawn(upstream: &Arc<Upstream>, metrics: &Metrics, tasks: &mut TaskSet) {
             interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 interval.tick().await;
+                if pool.is_retired() {
+                    return;
+                }
                 let ok = probe(&member, &client, &hc, scheme, protocol).await;
+                // The pool may have been replaced while the probe ran: its result is then
+                // the old config's and must not touch the member, which the new pool shares.
+                if pool.is_retired() {
+                    return;
+                }
                 if let Some(state) = tracker.observe(ok, hc.rise, hc.fall) {
                     member.set_healthy(state);
                     tracing::info!(upstream = %name, member = %member.address, healthy = state, "member health changed");

@@ -304,3 +304,59 @@ async fn max_connections_holds_back_new_connections() {
         "{metrics}"
     );
 }
+
+/// A reload that changes a health check: the replaced config's probes stop at once, even while
+/// a request still runs on it (its probes would otherwise go on, and flip the shared members'
+/// health by the old rules, for as long as that request lasts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_stops_the_replaced_configs_health_probes() {
+    let a = TestUpstream::start("a", false).await;
+    let probe = |path: &str| {
+        format!(
+            "[upstreams.api.health_check]\npath = \"{path}\"\ninterval = \"20ms\"\ntimeout = \"1s\"\n"
+        )
+    };
+    let with_probe = |path: &str| {
+        config(&[&a], "v1", "").replace("\n[[routes]]", &format!("\n{}\n[[routes]]", probe(path)))
+    };
+    let gw = TestGateway::start(&with_probe("/old-probe")).await;
+    let probes = |path: &str| {
+        a.state
+            .seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(uri, _, _)| uri == path)
+            .count()
+    };
+    eventually("the first config probes", || async {
+        probes("/old-probe") > 0
+    })
+    .await;
+    // A request on the first config holds it until released.
+    let url = gw.url("web", "/hold");
+    let held = tokio::spawn(async move { get(&client(), &url).await });
+    a.wait_held(1).await;
+
+    gw.rewrite(&with_probe("/new-probe"));
+    let c = client();
+    assert_eq!(reload(&c, &gw).await.0, StatusCode::OK);
+    eventually("the new config probes", || async {
+        probes("/new-probe") > 0
+    })
+    .await;
+    // One probe of the old config may have been under way during the reload.
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let old = probes("/old-probe");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(
+        probes("/old-probe"),
+        old,
+        "the replaced config still probes"
+    );
+    assert!(probes("/new-probe") >= 5, "{}", probes("/new-probe"));
+
+    a.state.release.notify_waiters();
+    let (status, _, body) = held.await.unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a /hold 0"));
+}
