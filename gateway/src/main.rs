@@ -34,7 +34,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Validate a config file (certificates included) without starting; exits 64 when invalid,
-    /// listing every error with its key path.
+    /// listing every error with its key path. The names of `discover` members are resolved
+    /// and each answer reported (a name that does not resolve is a warning).
     CheckConfig {
         /// Path to the TOML config file.
         file: PathBuf,
@@ -63,25 +64,12 @@ enum LogFormat {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::CheckConfig { file } => match server::check_config(&file) {
-            Ok(config) => {
-                tracing_subscriber::fmt()
-                    .with_writer(std::io::stderr)
-                    .init();
-                tracing::info!(
-                    file = %file.display(),
-                    listeners = config.listeners.len(),
-                    upstreams = config.upstreams.len(),
-                    routes = config.routes.len(),
-                    "config is valid"
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                report(&e);
-                ExitCode::from(EXIT_CONFIG)
-            }
-        },
+        Command::CheckConfig { file } => {
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .init();
+            check_config(&file)
+        }
         Command::Run {
             config,
             log_format,
@@ -133,6 +121,26 @@ fn main() -> ExitCode {
             };
             access_log.flush();
             ExitCode::SUCCESS
+        }
+    }
+}
+
+/// `check-config FILE`: validates the file (resolving `discover` names, logged to stderr).
+fn check_config(file: &std::path::Path) -> ExitCode {
+    match server::check_config(file) {
+        Ok(config) => {
+            tracing::info!(
+                file = %file.display(),
+                listeners = config.listeners.len(),
+                upstreams = config.upstreams.len(),
+                routes = config.routes.len(),
+                "config is valid"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            report(&e);
+            ExitCode::from(EXIT_CONFIG)
         }
     }
 }

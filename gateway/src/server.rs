@@ -265,14 +265,33 @@ impl Shared {
 }
 
 /// Validates a config file completely (certificates included) without starting anything.
+///
+/// The names of `discover` members are resolved as the gateway would at start (all at once,
+/// each within the start-up timeout) and each answer is logged: a name that does not resolve
+/// here is a warning, not an error (the machine checking the config may not see the
+/// deployment's DNS; the gateway serves such a pool once the name resolves).
 pub fn check_config(path: &Path) -> Result<config::Config, ConfigError> {
     let config = config::load(path)?;
-    let metrics = Metrics::new().map_err(|e| ConfigError::Syntax {
+    let setup_error = |message: String| ConfigError::Syntax {
         file: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    // Names are not resolved here: `discover` members are checked as written.
-    Snapshot::build(config.clone(), None, &metrics, Resolved::new()).map_err(|errors| {
+        message,
+    };
+    let metrics = Metrics::new().map_err(|e| setup_error(e.to_string()))?;
+    let names = config.discovered_names();
+    let resolved = if names.is_empty() {
+        Resolved::new()
+    } else {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| setup_error(format!("cannot start the resolver: {e}")))?;
+        let resolved = runtime.block_on(discovery::resolve_all(names));
+        for (name, addrs) in &resolved {
+            tracing::info!(name = %name, addresses = ?addrs, "discover: the name resolves");
+        }
+        resolved
+    };
+    Snapshot::build(config.clone(), None, &metrics, resolved).map_err(|errors| {
         ConfigError::Invalid {
             file: path.to_path_buf(),
             errors,

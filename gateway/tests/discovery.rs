@@ -42,6 +42,39 @@ async fn same_port(ips: &[&str]) -> Vec<TcpListener> {
     panic!("no port free on all of {ips:?}");
 }
 
+/// `lb-gateway COMMAND --config CONFIG` (`run`) or `lb-gateway COMMAND CONFIG`, in a mount
+/// namespace where `hosts` is `/etc/hosts` and `resolv` is `/etc/resolv.conf`.
+fn with_resolver(
+    hosts: &std::path::Path,
+    resolv: &std::path::Path,
+    command: &str,
+    config: &std::path::Path,
+) -> std::process::Command {
+    let mut cmd = std::process::Command::new("unshare");
+    cmd.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && exec "$3" "$4" $5 "$6""#)
+        .arg("sh")
+        .arg(hosts)
+        .arg(resolv)
+        .arg(BIN)
+        .arg(command)
+        .arg(if command == "run" { "--config" } else { "" })
+        .arg(config);
+    cmd
+}
+
+/// A resolver setup that never leaves loopback: `hosts` as given, DNS asked of 127.0.0.1 only
+/// (where nobody answers).
+fn resolver_files(dir: &TempDir, hosts: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    (
+        dir.write("hosts", hosts),
+        dir.write(
+            "resolv.conf",
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        ),
+    )
+}
+
 /// Which upstream answered each of `n` requests; every request must succeed.
 async fn tally(url: &str, n: usize) -> BTreeMap<String, usize> {
     let c = client();
@@ -75,11 +108,7 @@ async fn discover_members_follow_the_names_addresses() {
     let dir = TempDir::new();
     // Two addresses for the name at first (`/etc/host.conf` has `multi on` on Debian; the
     // test says so if it does not).
-    let hosts = dir.write("hosts", "127.0.0.2 svc.test\n127.0.0.3 svc.test\n");
-    let resolv = dir.write(
-        "resolv.conf",
-        "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
-    );
+    let (hosts, resolv) = resolver_files(&dir, "127.0.0.2 svc.test\n127.0.0.3 svc.test\n");
     let config_text = |members: &str| {
         format!(
             r#"
@@ -107,14 +136,7 @@ upstream = "svc"
             r#"{{ address = "svc.test:{port}", discover = true }}"#
         )),
     );
-    let mut gateway = tokio::process::Command::new("unshare")
-        .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
-        .arg(r#"mount --bind "$1" /etc/hosts && mount --bind "$2" /etc/resolv.conf && exec "$3" run --config "$4""#)
-        .arg("sh")
-        .arg(&hosts)
-        .arg(&resolv)
-        .arg(BIN)
-        .arg(&config)
+    let mut gateway = tokio::process::Command::from(with_resolver(&hosts, &resolv, "run", &config))
         .stdout(std::fs::File::create(dir.0.join("gateway.out")).unwrap())
         .kill_on_drop(true)
         .spawn()
@@ -241,4 +263,50 @@ upstream = "svc"
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     gateway.kill().await.unwrap();
+}
+
+/// `check-config` resolves `discover` names as the gateway would and reports each answer; a
+/// name that does not resolve there is a warning, not an invalid config.
+#[test]
+fn check_config_reports_what_discover_names_resolve_to() {
+    if !privileged::require_root("check_config_reports_what_discover_names_resolve_to") {
+        return;
+    }
+    let dir = TempDir::new();
+    let (hosts, resolv) = resolver_files(&dir, "127.0.0.2 svc.test\n127.0.0.3 svc.test\n");
+    let config = dir.write(
+        "gw.toml",
+        r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+
+[upstreams.svc]
+members = [
+  { address = "svc.test:8080", discover = true },
+  { address = "missing.test:8080", discover = true },
+]
+
+[[routes]]
+upstream = "svc"
+"#,
+    );
+    let out = with_resolver(&hosts, &resolv, "check-config", &config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let line = |what: &str, name: &str| {
+        err.lines()
+            .find(|l| l.contains(what) && l.contains(name))
+            .unwrap_or_else(|| panic!("no `{what}` line for {name}:\n{err}"))
+            .to_owned()
+    };
+    let found = line("discover: the name resolves", "svc.test:8080");
+    assert!(
+        found.contains("127.0.0.2:8080") && found.contains("127.0.0.3:8080"),
+        "{found}"
+    );
+    let missing = line("discover: cannot resolve the name", "missing.test:8080");
+    assert!(missing.contains("WARN"), "{missing}");
+    assert!(err.contains("config is valid"), "{err}");
 }
