@@ -12,12 +12,12 @@
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::server::Shared;
 use crate::snapshot::Resolved;
 
-/// Longest wait for one name at start and in the background refresh.
+/// Longest wait for one name at start, in the background refresh and in a reload.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Sorted, without duplicates, so that answers compare equal whatever the resolver's order.
@@ -73,15 +73,50 @@ pub async fn resolve_all(names: impl IntoIterator<Item = String>) -> Resolved {
 }
 
 /// The answers for a new config's names: the current answer where there is one, otherwise
-/// resolved now (blocking: call it from a blocking thread).
+/// resolved now (blocking: call it from a blocking thread, not the runtime's). New names are
+/// looked up all at once, each on a thread of its own, and waited for at most
+/// [`RESOLVE_TIMEOUT`] together: with DNS down a reload that adds names is late by that
+/// much, not by the resolver's own timeouts once per name. A name still unanswered then is
+/// left out (its lookup thread ends with the resolver's timeout; the background refresh picks
+/// the name up later).
 pub fn for_reload(names: impl IntoIterator<Item = String>, current: &Resolved) -> Resolved {
     let mut resolved = Resolved::new();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut pending = std::collections::BTreeSet::new();
     for name in names {
-        let addrs = match current.get(&name) {
-            Some(addrs) => Some(addrs.clone()),
-            None => usable(&name, resolve_blocking(&name)),
+        if let Some(addrs) = current.get(&name) {
+            resolved.insert(name, addrs.clone());
+            continue;
+        }
+        let tx = tx.clone();
+        let lookup = name.clone();
+        let spawned = std::thread::Builder::new()
+            .name("discover".into())
+            .spawn(move || {
+                let answer = resolve_blocking(&lookup);
+                // Err: the reload stopped waiting; the answer is not needed.
+                tx.send((lookup, answer)).ok();
+            });
+        match spawned {
+            Ok(_) => {
+                pending.insert(name);
+            }
+            Err(e) => tracing::warn!(name, error = %e, "discover: cannot start a lookup"),
+        }
+    }
+    drop(tx);
+    let deadline = Instant::now() + RESOLVE_TIMEOUT;
+    while !pending.is_empty() {
+        let Ok((name, answer)) =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        else {
+            for name in &pending {
+                tracing::warn!(name, "discover: no answer within {RESOLVE_TIMEOUT:?}");
+            }
+            break;
         };
-        if let Some(addrs) = addrs {
+        pending.remove(&name);
+        if let Some(addrs) = usable(&name, answer) {
             resolved.insert(name, addrs);
         }
     }

@@ -236,12 +236,21 @@ upstream = "svc"
     );
 
     // A reload that adds a second name: its addresses join the pool, the first name's last
-    // answer stays.
+    // answer stays. It also adds a third name that DNS never answers (asked of 127.0.0.9,
+    // where the test holds port 53 and answers nothing, with a resolver timeout of 30 s): the
+    // reload waits for it at most the discovery timeout (5 s), not the resolver's 30 s.
+    let dns = std::net::UdpSocket::bind("127.0.0.9:53").unwrap();
+    dns.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+    std::fs::write(
+        &resolv,
+        "nameserver 127.0.0.9\noptions timeout:30 attempts:1\n",
+    )
+    .unwrap();
     std::fs::write(&hosts, "127.0.0.2 svc2.test\n").unwrap();
     std::fs::write(
         &config,
         config_text(&format!(
-            r#"{{ address = "svc.test:{port}", discover = true }}, {{ address = "svc2.test:{port}", discover = true }}"#
+            r#"{{ address = "svc.test:{port}", discover = true }}, {{ address = "svc2.test:{port}", discover = true }}, {{ address = "silent.test:{port}", discover = true }}"#
         )),
     )
     .unwrap();
@@ -251,6 +260,7 @@ upstream = "svc"
         .status()
         .unwrap();
     assert!(hup.success());
+    let deadline = Instant::now() + DEADLINE;
     loop {
         assert!(
             Instant::now() < deadline,
@@ -262,6 +272,12 @@ upstream = "svc"
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The silent name was asked of DNS (so the reload did wait for it).
+    let mut buf = [0u8; 512];
+    let asked = std::iter::from_fn(|| dns.recv(&mut buf).ok().map(|n| buf[..n].to_vec()))
+        .take(100)
+        .any(|query| query.windows(7).any(|w| w == b"\x06silent"));
+    assert!(asked, "silent.test was never asked of DNS");
     gateway.kill().await.unwrap();
 }
 
