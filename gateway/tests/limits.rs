@@ -1,6 +1,9 @@
 //! End-to-end: limits, timeouts and malformed or smuggling requests over raw TCP. A refused
 //! request must get the right status and never reach the upstream.
 
+// The helpers below are test code outside #[test] functions.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use common::*;
@@ -180,4 +183,204 @@ async fn smuggling_attempts_are_refused_and_never_forwarded() {
             assert_eq!(up.hits(), before, "case {i} reached the upstream");
         }
     }
+}
+
+/// A small deterministic generator (xorshift64*): the same cases on every run, so a failure
+/// can be replayed from its case number.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}
+
+/// One to three random edits of a well-formed request: bytes replaced, inserted or deleted,
+/// lines repeated, the input cut short, tricky header lines or request-line tokens put in.
+fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
+    const BYTES: &[u8] = b"\r\n :\0\t\x7f\xff\"\\/;,=-0123456789abcdefABCDEF";
+    const HEADERS: &[&[u8]] = &[
+        b"Transfer-Encoding: chunked\r\n",
+        b"Transfer-Encoding: gzip\r\n",
+        b"Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n",
+        b"Content-Length: 5\r\n",
+        b"Content-Length: -1\r\n",
+        b"Content-Length: 99999999999999999999999\r\n",
+        b"Content-Length: 1, 1\r\n",
+        b"Host: \r\n",
+        b"Host: a b\r\n",
+        b"Expect: 100-continue\r\n",
+        b"Connection: close\r\n",
+        b"Connection: upgrade\r\nUpgrade: websocket\r\n",
+        b": no-name\r\n",
+        b"X-Nul: a\0b\r\n",
+        b"X-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
+        b" leading-space: 1\r\n",
+        b"Te: trailers\r\n",
+        b"Keep-Alive: timeout=0\r\n",
+    ];
+    const STARTS: &[&[u8]] = &[
+        b"GET / HTTP/1.0\r\n",
+        b"GET / HTTP/2.0\r\n",
+        b"GET / HTTP/1.1 \r\n",
+        b"GET  / HTTP/1.1\r\n",
+        b"CONNECT example.com:443 HTTP/1.1\r\n",
+        b"OPTIONS * HTTP/1.1\r\n",
+        b"GET http://other.example/x HTTP/1.1\r\n",
+        b"GET /%00%ff/../.. HTTP/1.1\r\n",
+        b"\r\n\r\nGET / HTTP/1.1\r\n",
+        b"G\xc3\xa9T / HTTP/1.1\r\n",
+    ];
+    let mut b = seed.to_vec();
+    for _ in 0..=rng.below(3) {
+        let at = rng.below(b.len() + 1);
+        match rng.below(7) {
+            0 if at < b.len() => b[at] = *rng.pick(BYTES),
+            1 => b.insert(at, *rng.pick(BYTES)),
+            2 if at < b.len() => {
+                let end = (at + 1 + rng.below(8)).min(b.len());
+                b.drain(at..end);
+            }
+            3 => {
+                // Repeat the line that starts after the first CRLF at or after `at`.
+                let rest = &b[at.min(b.len())..];
+                if let Some(i) = rest.windows(2).position(|w| w == b"\r\n") {
+                    let start = at + i + 2;
+                    if let Some(j) = b[start..].windows(2).position(|w| w == b"\r\n") {
+                        let line = b[start..start + j + 2].to_vec();
+                        b.splice(start..start, line);
+                    }
+                }
+            }
+            4 => b.truncate(at),
+            5 => {
+                // A header line right after the request line.
+                if let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+                    let h = rng.pick(HEADERS).to_vec();
+                    b.splice(i + 2..i + 2, h);
+                }
+            }
+            _ => {
+                if let Some(i) = b.windows(2).position(|w| w == b"\r\n") {
+                    b.splice(..i + 2, rng.pick(STARTS).to_vec());
+                }
+            }
+        }
+    }
+    b
+}
+
+/// Everything the gateway sends on one connection within `wait` (a request cut short may get
+/// no answer: the gateway waits for the rest).
+async fn exchange(addr: std::net::SocketAddr, bytes: &[u8], wait: std::time::Duration) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The gateway may close before reading everything (a refused head): that is an answer.
+    s.write_all(bytes).await.ok();
+    let mut out = Vec::new();
+    // Err: the connection stayed open past `wait`; what came until then is the answer.
+    let _open = tokio::time::timeout(wait, async {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = s.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    out
+}
+
+/// Randomly mangled requests (a fixed set of 300, see [`mutate`]): each gets answers that
+/// are HTTP responses with a success or client-error status, never a server error (no 500,
+/// 502, 503 or 504: nothing malformed may reach the healthy upstream and fail there, nothing
+/// may crash a connection's task), no task panics, and the gateway serves normally
+/// afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mangled_requests_get_http_answers_and_never_a_server_error() {
+    static PANICS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        PANICS.lock().unwrap().push(info.to_string());
+        default_hook(info);
+    }));
+    let (up, gw) = setup().await;
+    let addr = gw.addr("web");
+    let seeds: &[&[u8]] = &[
+        b"GET /a?x=1 HTTP/1.1\r\nHost: x\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n",
+        b"POST /b HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello",
+        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"GET /d HTTP/1.1\r\nHost: x\r\n\r\nGET /e HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ];
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let cases: Vec<Vec<u8>> = (0..300)
+        .map(|i| mutate(&mut rng, seeds[i % seeds.len()]))
+        .collect();
+    let mut answered = 0;
+    let mut tally = std::collections::BTreeMap::new();
+    for (chunk_no, chunk) in cases.chunks(50).enumerate() {
+        let replies = futures_util::future::join_all(
+            chunk
+                .iter()
+                .map(|c| exchange(addr, c, std::time::Duration::from_millis(1500))),
+        )
+        .await;
+        for (k, (case, reply)) in chunk.iter().zip(replies).enumerate() {
+            let i = chunk_no * 50 + k;
+            let text = String::from_utf8_lossy(&reply);
+            let statuses: Vec<u16> = text
+                .match_indices("HTTP/1.")
+                .filter_map(|(at, _)| text.get(at + 9..at + 12))
+                .filter_map(|s| s.parse().ok())
+                .collect();
+            assert!(
+                reply.is_empty() || reply.starts_with(b"HTTP/1.") && !statuses.is_empty(),
+                "case {i}: {:?} -> not an HTTP answer: {text}",
+                String::from_utf8_lossy(case)
+            );
+            // What HTTP answers a request with: success (the upstream's 200, or 100 Continue)
+            // or a client error; of server errors only "not implemented" and "version not
+            // supported", which are about the request.
+            assert!(
+                statuses
+                    .iter()
+                    .all(|s| [100, 200, 400, 408, 413, 414, 417, 431, 501, 505].contains(s)),
+                "case {i}: {:?} -> {text}",
+                String::from_utf8_lossy(case)
+            );
+            answered += usize::from(!statuses.is_empty());
+            for st in &statuses {
+                *tally.entry(*st).or_insert(0) += 1;
+            }
+        }
+    }
+    // Most cases are answered at once (the rest wait for bytes that never come), and every
+    // request that reached the upstream came back with its 200.
+    assert!(answered > 200, "{answered} of 300 answered: {tally:?}");
+    assert_eq!(
+        tally.get(&200).copied().unwrap_or(0),
+        up.hits(),
+        "{tally:?}"
+    );
+    let r = raw(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_line(&r), "HTTP/1.1 200 OK", "{r}");
+    assert!(up.hits() > 0);
+    let panics = PANICS.lock().unwrap();
+    assert!(panics.is_empty(), "{panics:?}");
 }
