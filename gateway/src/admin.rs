@@ -5,6 +5,8 @@
 //! - `GET /metrics`: Prometheus text format;
 //! - `GET /admin/connections`: `{"active_connections":N,"in_flight_requests":N,"draining":B}`
 //!   (what `lbctl drain --wait` polls);
+//! - `GET /admin/upstreams`: every pool's members as the balancer sees them now (health,
+//!   ejection, in-flight requests, latency, idle connections), see [`upstreams`];
 //! - `POST /admin/reload`: reloads the config file; 200 `{"status":"reloaded"}` or 400
 //!   `{"status":"rejected","errors":[...]}` with every problem (the old config keeps serving).
 
@@ -88,6 +90,7 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
                 "draining": shared.is_draining(),
             }),
         ),
+        (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &upstreams(shared)),
         (&Method::POST, "/admin/reload") => {
             let s = Arc::clone(shared);
             match tokio::task::spawn_blocking(move || s.reload()).await {
@@ -105,7 +108,8 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
         }
         (
             _,
-            "/health/live" | "/health/ready" | "/metrics" | "/admin/connections" | "/admin/reload",
+            "/health/live" | "/health/ready" | "/metrics" | "/admin/connections"
+            | "/admin/upstreams" | "/admin/reload",
         ) => respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
@@ -113,4 +117,47 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
         ),
         _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
     }
+}
+
+/// `GET /admin/upstreams`: `{"upstreams":{NAME:{"algorithm":..,"protocol":..,"members":[..]}}}`
+/// with, per member in pool order: `address`, `weight`, `available` (takes requests now),
+/// `healthy` (active checks), `ejected_for_ms` (outlier detection; `null` when not ejected),
+/// `consecutive_failures`, `in_flight`, `latency_ewma_ms` (`null` before the first response)
+/// and `idle_connections`. Discovered members are listed by address.
+fn upstreams(shared: &Shared) -> serde_json::Value {
+    let snapshot = shared.snapshot.load();
+    let now = std::time::Instant::now();
+    let pools: serde_json::Map<String, serde_json::Value> = snapshot
+        .upstreams
+        .iter()
+        .map(|(name, up)| {
+            let members: Vec<serde_json::Value> = up
+                .members
+                .iter()
+                .map(|m| {
+                    let ewma = m.ewma_micros();
+                    serde_json::json!({
+                        "address": m.address,
+                        "weight": m.weight,
+                        "available": m.available(now),
+                        "healthy": m.healthy(),
+                        "ejected_for_ms": m.ejected_for(now).map(|d| d.as_millis()),
+                        "consecutive_failures": m.consecutive_failures(),
+                        "in_flight": m.in_flight(),
+                        "latency_ewma_ms": (ewma > 0).then(|| ewma as f64 / 1000.0),
+                        "idle_connections": m.idle.len(),
+                    })
+                })
+                .collect();
+            (
+                name.clone(),
+                serde_json::json!({
+                    "algorithm": up.config.algorithm.name(),
+                    "protocol": up.config.protocol.name(),
+                    "members": members,
+                }),
+            )
+        })
+        .collect();
+    serde_json::json!({ "upstreams": pools })
 }

@@ -1,8 +1,8 @@
 //! End-to-end: balancing algorithms, health checks, outlier ejection, retries and their
+//! budget, timeouts, connection reuse, the admin view of the pools.
 
 // Request helpers below are test code outside #[test] functions.
 #![allow(clippy::unwrap_used)]
-//! budget, timeouts, connection reuse.
 
 mod common;
 
@@ -155,21 +155,31 @@ async fn consistent_hash_by_cookie_is_sticky() {
     assert_eq!(t.len(), 1, "{t:?}");
 }
 
-#[tokio::test]
-async fn outlier_detection_ejects_and_returns() {
-    let (a, b, _) = three().await;
+/// A gateway over `a` and `b` (round robin, no retries) where `a` answers 500 and has been
+/// ejected for `base_ejection` by outlier detection (two failures in a row).
+async fn with_a_ejected(a: &TestUpstream, b: &TestUpstream, base_ejection: &str) -> TestGateway {
     let gw = TestGateway::start(&config(
-        "[upstreams.pool.outlier]\nconsecutive_failures = 2\nbase_ejection = \"2s\"\nmax_ejected_percent = 50\n\
-         [upstreams.pool.retry]\nmax_retries = 0",
-        &[&a, &b],
+        &format!(
+            "[upstreams.pool.outlier]\nconsecutive_failures = 2\nbase_ejection = \"{base_ejection}\"\n\
+             max_ejected_percent = 50\n[upstreams.pool.retry]\nmax_retries = 0"
+        ),
+        &[a, b],
     ))
     .await;
     a.set_status(500);
     let c = client();
-    // Round robin: `a` fails twice within the first few requests and gets ejected.
+    // Round robin: `a` fails twice within the first four requests and is ejected.
     for _ in 0..4 {
         get(&c, &gw.url("web", "/x")).await;
     }
+    gw
+}
+
+#[tokio::test]
+async fn outlier_detection_ejects_and_returns() {
+    let (a, b, _) = three().await;
+    let gw = with_a_ejected(&a, &b, "2s").await;
+    let c = client();
     let before = a.hits();
     let t = tally(&gw, 10, None).await;
     assert_eq!(t.get("a"), None, "ejected member got traffic: {t:?}");
@@ -448,4 +458,48 @@ upstream = "pool"
         metrics.contains("lb_gateway_upstream_connections_opened_total{upstream=\"pool\"} 5"),
         "{metrics}"
     );
+}
+
+/// `GET /admin/upstreams` shows each member as the balancer sees it: an ejected member with
+/// the time it stays out, a serving one with its latency and idle connections.
+#[tokio::test]
+async fn admin_upstreams_shows_each_members_state() {
+    let (a, b, _) = three().await;
+    let gw = with_a_ejected(&a, &b, "30s").await;
+    let c = client();
+    get(&c, &gw.url("web", "/x")).await;
+    let (status, headers, body) = get(&c, &gw.admin_url("/admin/upstreams")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["content-type"], "application/json");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let pool = &v["upstreams"]["pool"];
+    assert_eq!(pool["algorithm"], "round_robin", "{body}");
+    assert_eq!(pool["protocol"], "http1", "{body}");
+    let members = pool["members"].as_array().unwrap();
+    assert_eq!(members.len(), 2, "{body}");
+    let member = |up: &TestUpstream| {
+        members
+            .iter()
+            .find(|m| m["address"] == up.addr.to_string())
+            .unwrap()
+            .clone()
+    };
+    let ejected = member(&a);
+    assert_eq!(ejected["available"], false, "{body}");
+    assert_eq!(ejected["healthy"], true, "{body}");
+    let left = ejected["ejected_for_ms"].as_u64().unwrap();
+    assert!(left > 0 && left <= 30_000, "{body}");
+    let serving = member(&b);
+    assert_eq!(serving["available"], true, "{body}");
+    assert_eq!(serving["ejected_for_ms"], serde_json::Value::Null, "{body}");
+    assert_eq!(serving["consecutive_failures"], 0, "{body}");
+    assert_eq!(serving["in_flight"], 0, "{body}");
+    assert_eq!(serving["weight"], 1, "{body}");
+    assert!(serving["latency_ewma_ms"].as_f64().unwrap() > 0.0, "{body}");
+    assert!(serving["idle_connections"].as_u64().unwrap() >= 1, "{body}");
+
+    let req = Request::post(gw.admin_url("/admin/upstreams"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send(&c, req).await.0, StatusCode::METHOD_NOT_ALLOWED);
 }

@@ -183,6 +183,15 @@ pub enum UpstreamProtocol {
 }
 
 impl UpstreamProtocol {
+    /// The name used in the config file.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Http1 => "http1",
+            Self::H2c => "h2c",
+            Self::H2 => "h2",
+        }
+    }
+
     /// Whether requests are sent as HTTP/2.
     pub fn is_h2(self) -> bool {
         matches!(self, Self::H2c | Self::H2)

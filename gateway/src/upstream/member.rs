@@ -68,6 +68,18 @@ impl Member {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// How much longer outlier detection keeps the member out, if it is ejected at `now`.
+    pub fn ejected_for(&self, now: Instant) -> Option<Duration> {
+        self.lock_ejection()
+            .and_then(|until| until.checked_duration_since(now))
+            .filter(|left| !left.is_zero())
+    }
+
+    /// Failed attempts in a row since the last success or ejection.
+    pub fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+
     /// Active health state.
     pub fn healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)

@@ -132,6 +132,16 @@ impl IdleConnections {
         None
     }
 
+    /// How many connections are idle (both clients').
+    pub fn len(&self) -> usize {
+        self.lock().len() + self.lock_conns().len()
+    }
+
+    /// Whether no connection is idle.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How many connections of the own client are idle.
     pub fn own_idle(&self) -> usize {
         self.lock_conns().len()
