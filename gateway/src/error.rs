@@ -38,6 +38,8 @@ pub enum ProxyError {
     HeadersTooLarge { limit: usize },
     #[error("malformed request: {reason}")]
     BadRequest { reason: &'static str },
+    #[error("the client sent no request body data for {timeout:?}")]
+    BodyTimeout { timeout: Duration },
     #[error("reading the request body failed: {source}")]
     ClientBody {
         #[source]
@@ -81,6 +83,7 @@ impl ProxyError {
             | Self::HeadersTooLarge { .. }
             | Self::BadRequest { .. }
             | Self::ClientBody { .. }
+            | Self::BodyTimeout { .. }
             | Self::NoRoute => Origin::Client,
             Self::NoMember { .. }
             | Self::Connect { .. }
@@ -109,6 +112,7 @@ impl ProxyError {
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::BadRequest { .. } | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::NoRoute => StatusCode::NOT_FOUND,
             Self::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::UpstreamRequest { .. } => StatusCode::BAD_GATEWAY,

@@ -29,7 +29,7 @@ use crate::config::{HashSource, RouteAction, RouteConfig, UpstreamProtocol};
 use crate::conn::ConnInfo;
 use crate::entropy;
 use crate::error::ProxyError;
-use crate::request_body::RequestBodySource;
+use crate::request_body::{BodyLimits, RequestBodySource};
 use crate::router::{self, RequestFacts};
 use crate::server::Shared;
 use crate::snapshot::Snapshot;
@@ -224,14 +224,17 @@ async fn handle(
             if let Some(log) = &log {
                 log.set_upstream(up, &traceparent);
             }
-            let max_body = listener.config.max_body_bytes;
+            let body_limits = BodyLimits {
+                max_bytes: listener.config.max_body_bytes,
+                timeout: listener.config.body_timeout,
+            };
             forward(
                 shared,
                 up,
                 &route,
                 &conn,
                 raw_host,
-                max_body,
+                body_limits,
                 log.as_ref(),
                 traceparent,
                 req,
@@ -359,7 +362,7 @@ async fn forward(
     route: &RouteConfig,
     conn: &ConnInfo,
     host: Option<&str>,
-    max_body: usize,
+    body_limits: BodyLimits,
     log: Option<&RequestLog>,
     traceparent: HeaderValue,
     mut req: Request<Incoming>,
@@ -375,7 +378,7 @@ async fn forward(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     let body =
-        RequestBodySource::read(incoming, declared, max_body, cfg.retry.buffer_bytes).await?;
+        RequestBodySource::read(incoming, declared, body_limits, cfg.retry.buffer_bytes).await?;
 
     let idempotent = is_idempotent(&parts.method);
     let scheme = if cfg.tls.is_some() {

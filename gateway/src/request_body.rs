@@ -9,12 +9,15 @@
 //! failed connect), which [`RequestBodySource::replayable`] tells.
 //!
 //! `max_body_bytes` is enforced in both phases; when the streamed part passes it, the attempt
-//! fails and [`RequestBodySource::client_fault`] turns that into `413`.
+//! fails and [`RequestBodySource::client_fault`] turns that into `413`. So is `body_timeout`,
+//! the longest wait for the next part of the body (a client that stops sending holds neither
+//! a connection nor an upstream forever): `408`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -23,6 +26,15 @@ use hyper::body::Incoming;
 
 use crate::body::{BoxError, RequestBody};
 use crate::error::ProxyError;
+
+/// The listener's limits on a request body.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// `max_body_bytes`.
+    pub max_bytes: usize,
+    /// `body_timeout`: the longest wait for the next part of the body.
+    pub timeout: Duration,
+}
 
 /// The client's request body, ready to be sent by one or more attempts.
 #[derive(Debug)]
@@ -45,19 +57,24 @@ pub struct Stream {
     declared: Option<u64>,
     /// `max_body_bytes`.
     limit: u64,
+    /// `body_timeout`.
+    timeout: Duration,
     too_large: AtomicBool,
+    timed_out: AtomicBool,
     client_error: Mutex<Option<hyper::Error>>,
 }
 
 impl RequestBodySource {
     /// Reads the body until it ends (buffered) or passes `buffer` bytes (streamed). A body
-    /// declared or found larger than `limit` is refused with `413`.
+    /// declared or found larger than `limits.max_bytes` is refused with `413`, one whose next
+    /// part does not come within `limits.timeout` with `408`.
     pub async fn read(
         mut body: Incoming,
         declared: Option<u64>,
-        limit: usize,
+        limits: BodyLimits,
         buffer: usize,
     ) -> Result<Self, ProxyError> {
+        let limit = limits.max_bytes;
         if declared.is_some_and(|len| len > limit as u64) {
             return Err(ProxyError::BodyTooLarge { limit });
         }
@@ -70,7 +87,12 @@ impl RequestBodySource {
         // `buffer` bytes would only delay it.
         let streams_anyway = buffer == 0 || declared.is_some_and(|len| len > buffer as u64);
         while !streams_anyway && read <= buffer {
-            match body.frame().await {
+            let next = tokio::time::timeout(limits.timeout, body.frame())
+                .await
+                .map_err(|_| ProxyError::BodyTimeout {
+                    timeout: limits.timeout,
+                })?;
+            match next {
                 None => {
                     return Ok(match chunks.len() {
                         0 => Self::Empty,
@@ -97,7 +119,9 @@ impl RequestBodySource {
             parts: Mutex::new(Some((chunks, body))),
             declared,
             limit: limit as u64,
+            timeout: limits.timeout,
             too_large: AtomicBool::new(false),
+            timed_out: AtomicBool::new(false),
             client_error: Mutex::new(None),
         })))
     }
@@ -113,6 +137,8 @@ impl RequestBodySource {
                 rest: None,
                 sent: 0,
                 started: false,
+                idle: None,
+                waiting: false,
             }
             .boxed(),
         }
@@ -151,6 +177,9 @@ impl RequestBodySource {
                 limit: usize::try_from(s.limit).unwrap_or(usize::MAX),
             });
         }
+        if s.timed_out.load(Ordering::Acquire) {
+            return Some(ProxyError::BodyTimeout { timeout: s.timeout });
+        }
         s.client_error
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -166,6 +195,8 @@ enum StreamError {
     TooLarge(u64),
     #[error("the request body was already sent by an earlier attempt")]
     AlreadySent,
+    #[error("the client sent no request body data for {0:?}")]
+    Timeout(Duration),
 }
 
 /// The body of an attempt that streams.
@@ -177,6 +208,11 @@ struct StreamBody {
     /// Data bytes yielded so far.
     sent: u64,
     started: bool,
+    /// Fires `body_timeout` after the client's stream last had nothing to give (made on the
+    /// first wait: a body that never makes the sender wait costs no timer).
+    idle: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last poll of the client's stream was pending (the timer runs).
+    waiting: bool,
 }
 
 impl Body for StreamBody {
@@ -210,7 +246,11 @@ impl Body for StreamBody {
         let Some(rest) = this.rest.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(rest).poll_frame(cx) {
+        let polled = Pin::new(rest).poll_frame(cx);
+        if polled.is_ready() {
+            this.waiting = false;
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.sent += data.len() as u64;
@@ -238,7 +278,23 @@ impl Body for StreamBody {
                 this.rest = None;
                 Poll::Ready(None)
             }
-            Poll::Pending => Poll::Pending,
+            Poll::Pending => {
+                let timeout = this.shared.timeout;
+                let deadline = tokio::time::Instant::now() + timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !this.waiting {
+                    this.waiting = true;
+                    idle.as_mut().reset(deadline);
+                }
+                if idle.as_mut().poll(cx).is_ready() {
+                    this.shared.timed_out.store(true, Ordering::Release);
+                    this.rest = None;
+                    return Poll::Ready(Some(Err(StreamError::Timeout(timeout).into())));
+                }
+                Poll::Pending
+            }
         }
     }
 

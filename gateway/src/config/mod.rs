@@ -120,6 +120,8 @@ pub struct ListenerConfig {
     pub max_header_bytes: usize,
     pub max_body_bytes: usize,
     pub header_timeout: Duration,
+    /// Longest wait for the next part of a request body.
+    pub body_timeout: Duration,
     pub idle_timeout: Duration,
     pub tls: Option<TlsConfig>,
 }

@@ -55,6 +55,7 @@ drain_timeout = "10 parsecs"
 [listeners.web]
 listen = "nope"
 max_body_bytes = -1
+body_timeout = "soon"
 
 [upstreams.api]
 algorithm = "random"
@@ -71,6 +72,7 @@ methods = ["G E T"]
         "global.drain_timeout:",
         "listeners.web.listen: `nope` is not an IP:port address",
         "listeners.web.max_body_bytes:",
+        "listeners.web.body_timeout:",
         "upstreams.api.algorithm:",
         "upstreams.api.members[1].weight: must be > 0",
         "routes[0].upstream: no upstream named `missing`",

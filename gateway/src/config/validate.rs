@@ -224,6 +224,11 @@ fn listener(
         l.header_timeout.as_ref(),
         Duration::from_secs(10),
     );
+    let body_timeout = errs.duration(
+        &format!("{path}.body_timeout"),
+        l.body_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
     let idle_timeout = errs.duration(
         &format!("{path}.idle_timeout"),
         l.idle_timeout.as_ref(),
@@ -279,6 +284,7 @@ fn listener(
         max_header_bytes: usize_from(max_header_bytes),
         max_body_bytes: usize_from(max_body_bytes),
         header_timeout,
+        body_timeout,
         idle_timeout,
         tls,
     })
