@@ -4,7 +4,9 @@
 //!
 //! Each connection has a watchdog: a partial request older than `header_timeout` gets
 //! `408 Request Timeout` and the connection is closed; a connection idle (no request in
-//! flight, nothing received) for `idle_timeout` is closed gracefully. On shutdown every
+//! flight, nothing received) for `idle_timeout` is closed gracefully; one whose client has
+//! taken none of what the gateway has to send for `send_timeout` (it stopped reading) is
+//! closed at once. On shutdown every
 //! connection finishes its in-flight requests and closes; idle keep-alives close at once.
 
 use std::io;
@@ -41,6 +43,8 @@ struct ConnState {
     partial_since: AtomicU64,
     /// Last time the connection went idle (start, or a response finished).
     idle_since: AtomicU64,
+    /// Since when a write has been waiting for the client to take bytes (0: not waiting).
+    blocked_since: AtomicU64,
 }
 
 impl ConnState {
@@ -49,6 +53,20 @@ impl ConnState {
             in_flight: AtomicUsize::new(0),
             partial_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(now),
+            blocked_since: AtomicU64::new(0),
+        }
+    }
+
+    /// A write or flush returned: pending starts the send clock (if not running), done stops
+    /// it. The common case, a write that completes with no clock running, is one load.
+    fn on_write<T>(&self, res: &Poll<T>) {
+        let since = self.blocked_since.load(Ordering::Relaxed);
+        match (res.is_pending(), since) {
+            (true, 0) => self
+                .blocked_since
+                .store(clock::coarse_millis(), Ordering::Relaxed),
+            (false, s) if s != 0 => self.blocked_since.store(0, Ordering::Relaxed),
+            _ => {}
         }
     }
 
@@ -128,10 +146,14 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let res = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.state.on_write(&res);
+        res
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let res = Pin::new(&mut self.inner).poll_flush(cx);
+        self.state.on_write(&res);
+        res
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
@@ -141,7 +163,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let res = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        self.state.on_write(&res);
+        res
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -354,8 +378,12 @@ async fn serve_http<S>(
             ))
         }
     });
-    let tick = (limits.header_timeout.min(limits.idle_timeout) / 4)
-        .clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let tick = (limits
+        .header_timeout
+        .min(limits.idle_timeout)
+        .min(limits.send_timeout)
+        / 4)
+    .clamp(Duration::from_millis(10), Duration::from_secs(1));
     let draining = *shutdown.borrow();
     // The timer and the shutdown signal live in a task of their own: polled beside the
     // connection, they would be polled again on every wake-up of the connection (several per
@@ -367,8 +395,11 @@ async fn serve_http<S>(
         Arc::clone(&control),
         shutdown,
         tick,
-        limits.header_timeout,
-        limits.idle_timeout,
+        Timeouts {
+            header: limits.header_timeout,
+            idle: limits.idle_timeout,
+            send: limits.send_timeout,
+        },
     )));
     if h2 {
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -390,7 +421,12 @@ async fn serve_http<S>(
                     return;
                 }
                 command = std::future::poll_fn(|cx| control.poll_command(cx)) => {
-                    // HTTP/2 has no partial-request state: any verdict closes gracefully.
+                    if command == Command::SendTimeout {
+                        tracing::debug!("the client took nothing for send_timeout: closed");
+                        return;
+                    }
+                    // HTTP/2 has no partial-request state: any other verdict closes
+                    // gracefully.
                     if command != Command::None && !shutting_down {
                         shutting_down = true;
                         c.as_mut().graceful_shutdown();
@@ -432,6 +468,10 @@ async fn serve_http<S>(
                         Pin::new(&mut c).graceful_shutdown();
                     }
                 }
+                Command::SendTimeout => {
+                    tracing::debug!("the client took nothing for send_timeout: closed");
+                    return;
+                }
                 Command::HeaderTimeout => {
                     let Some(parts) = c.into_parts() else {
                         return;
@@ -462,6 +502,9 @@ enum Command {
     Graceful = 1,
     /// A request head took longer than `header_timeout`: answer 408 and close.
     HeaderTimeout = 2,
+    /// The client took nothing of the response for `send_timeout`: close at once (an answer
+    /// could not be sent either).
+    SendTimeout = 3,
 }
 
 /// The watchdog's mailbox of one connection. The connection polls it on every wake-up
@@ -498,7 +541,8 @@ impl Control {
         match self.command.swap(0, Ordering::AcqRel) {
             0 => Command::None,
             1 => Command::Graceful,
-            _ => Command::HeaderTimeout,
+            2 => Command::HeaderTimeout,
+            _ => Command::SendTimeout,
         }
     }
 }
@@ -512,14 +556,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Watches one connection: shutdown, header timeout and idle timeout, checked every `tick`.
+/// The listener's connection timeouts the watchdog enforces.
+#[derive(Debug, Clone, Copy)]
+struct Timeouts {
+    header: Duration,
+    idle: Duration,
+    send: Duration,
+}
+
+/// Watches one connection: shutdown, header, idle and send timeouts, checked every `tick`.
 async fn watch_connection(
     state: Arc<ConnState>,
     control: Arc<Control>,
     mut shutdown: watch::Receiver<bool>,
     tick: Duration,
-    header_timeout: Duration,
-    idle_timeout: Duration,
+    timeouts: Timeouts,
 ) {
     let mut shutdown_seen = *shutdown.borrow();
     if shutdown_seen {
@@ -535,10 +586,11 @@ async fn watch_connection(
                 shutdown_seen = true;
                 control.send(Command::Graceful);
             }
-            () = tokio::time::sleep(tick) => match watchdog(&state, header_timeout, idle_timeout) {
+            () = tokio::time::sleep(tick) => match watchdog(&state, timeouts) {
                 Verdict::Ok => {}
                 Verdict::Idle => control.send(Command::Graceful),
                 Verdict::HeaderTimeout => control.send(Command::HeaderTimeout),
+                Verdict::SendTimeout => control.send(Command::SendTimeout),
             }
         }
     }
@@ -549,13 +601,19 @@ enum Verdict {
     Ok,
     Idle,
     HeaderTimeout,
+    SendTimeout,
 }
 
-fn watchdog(state: &ConnState, header_timeout: Duration, idle_timeout: Duration) -> Verdict {
+fn watchdog(state: &ConnState, timeouts: Timeouts) -> Verdict {
+    let now = clock::coarse_millis();
+    let blocked = state.blocked_since.load(Ordering::Relaxed);
+    if blocked != 0 && now.saturating_sub(blocked) >= clock::millis(timeouts.send) {
+        return Verdict::SendTimeout;
+    }
     if state.in_flight.load(Ordering::Acquire) > 0 {
         return Verdict::Ok;
     }
-    let now = clock::coarse_millis();
+    let (header_timeout, idle_timeout) = (timeouts.header, timeouts.idle);
     let partial = state.partial_since.load(Ordering::Relaxed);
     if partial != 0 {
         if now.saturating_sub(partial) >= clock::millis(header_timeout) {
@@ -635,8 +693,11 @@ mod tests {
             Arc::clone(&control),
             rx,
             long,
-            long,
-            long,
+            Timeouts {
+                header: long,
+                idle: long,
+                send: long,
+            },
         )));
         let command = tokio::time::timeout(
             Duration::from_secs(5),

@@ -156,6 +156,46 @@ async fn stalled_bodies_get_408_and_slow_steady_ones_pass() {
     assert!(r.ends_with("a /steady 10"), "{r}");
 }
 
+/// A client that stops reading a response is cut off after `send_timeout` without taking a
+/// byte: the gateway does not hold the connection (and the response) for it forever.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_closed_after_send_timeout() {
+    // Larger than what the socket buffers hold (the client's receive buffer is made small).
+    let big = "x".repeat(8 * 1024 * 1024);
+    let gw = TestGateway::start(&format!(
+        r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+send_timeout = "500ms"
+
+[[routes]]
+respond = {{ status = 200, body = "{big}" }}
+"#
+    ))
+    .await;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut s = socket.connect(gw.addr("web")).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let shared = std::sync::Arc::clone(gw.gw().shared());
+    eventually("the connection is open", || async {
+        shared.active_connections() == 1
+    })
+    .await;
+    // Not reading: the gateway's writes wait, and after send_timeout it closes.
+    eventually("the gateway closed the connection", || async {
+        shared.active_connections() == 0
+    })
+    .await;
+    // What the client gets is cut short.
+    let mut got = Vec::new();
+    let _ended = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got).await;
+    assert!(got.len() < big.len(), "{} bytes", got.len());
+    assert!(got.starts_with(b"HTTP/1.1 200 OK"));
+}
+
 #[tokio::test]
 async fn idle_keep_alive_connections_are_closed() {
     let (up, gw) = setup().await;

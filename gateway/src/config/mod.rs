@@ -122,6 +122,8 @@ pub struct ListenerConfig {
     pub header_timeout: Duration,
     /// Longest wait for the next part of a request body.
     pub body_timeout: Duration,
+    /// Longest wait for the client to take more of a response.
+    pub send_timeout: Duration,
     pub idle_timeout: Duration,
     pub tls: Option<TlsConfig>,
 }

@@ -49,6 +49,7 @@ pub struct RawListener {
     pub max_body_bytes: Option<i64>,
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
+    pub send_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub tls: Option<RawTls>,
 }

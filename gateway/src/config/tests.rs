@@ -56,6 +56,7 @@ drain_timeout = "10 parsecs"
 listen = "nope"
 max_body_bytes = -1
 body_timeout = "soon"
+send_timeout = "1 fortnight"
 
 [upstreams.api]
 algorithm = "random"
@@ -73,6 +74,7 @@ methods = ["G E T"]
         "listeners.web.listen: `nope` is not an IP:port address",
         "listeners.web.max_body_bytes:",
         "listeners.web.body_timeout:",
+        "listeners.web.send_timeout:",
         "upstreams.api.algorithm:",
         "upstreams.api.members[1].weight: must be > 0",
         "routes[0].upstream: no upstream named `missing`",

@@ -229,6 +229,11 @@ fn listener(
         l.body_timeout.as_ref(),
         Duration::from_secs(60),
     );
+    let send_timeout = errs.duration(
+        &format!("{path}.send_timeout"),
+        l.send_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
     let idle_timeout = errs.duration(
         &format!("{path}.idle_timeout"),
         l.idle_timeout.as_ref(),
@@ -285,6 +290,7 @@ fn listener(
         max_body_bytes: usize_from(max_body_bytes),
         header_timeout,
         body_timeout,
+        send_timeout,
         idle_timeout,
         tls,
     })
