@@ -198,6 +198,81 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// A body that fails when its next frame does not come within `timeout` (an upstream
+    /// that stopped sending in the middle of a response). The timer is made at the first
+    /// wait, so a body that never makes its reader wait costs none.
+    pub struct ReadTimeout<B> {
+        #[pin]
+        inner: B,
+        timeout: std::time::Duration,
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
+        // The last poll was pending (the timer runs).
+        waiting: bool,
+    }
+}
+
+impl<B> ReadTimeout<B> {
+    /// `inner`, failing after `timeout` without a frame.
+    pub fn new(inner: B, timeout: std::time::Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            idle: None,
+            waiting: false,
+        }
+    }
+}
+
+/// Why a [`ReadTimeout`] body failed.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent no response data for {0:?}")]
+pub struct ReadTimedOut(pub std::time::Duration);
+
+impl<B> Body for ReadTimeout<B>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(frame) => {
+                *this.waiting = false;
+                Poll::Ready(frame.map(|f| f.map_err(Into::into)))
+            }
+            Poll::Pending => {
+                let deadline = tokio::time::Instant::now() + *this.timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+                if !*this.waiting {
+                    *this.waiting = true;
+                    idle.as_mut().reset(deadline);
+                }
+                match idle.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Some(Err(ReadTimedOut(*this.timeout).into()))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// Boxes `inner` with `guard` kept until it ends (one allocation for both).
 pub fn holding<B, G>(inner: B, guard: G) -> ResponseBody
 where

@@ -631,7 +631,10 @@ async fn forward(
         let (mut parts, incoming) = res.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         // The member stays busy, and its connection leased, until the body has ended.
-        let body = body::holding(incoming, (in_flight, lease));
+        let body = body::holding(
+            body::ReadTimeout::new(incoming, cfg.read_timeout),
+            (in_flight, lease),
+        );
         let mut response = Response::from_parts(parts, body);
         *response.version_mut() = Version::HTTP_11;
         return Ok(response);

@@ -115,6 +115,19 @@ async fn handle(
     Response::new(Full::new(Bytes::from(format!("{len} {sum}"))).boxed())
 }
 
+/// `GET /download` through the gateway: the response body, once its head came with 200.
+async fn download(gw: &TestGateway) -> Incoming {
+    let res = tokio::time::timeout(
+        DEADLINE,
+        client().get(gw.url("web", "/download").parse().unwrap()),
+    )
+    .await
+    .expect("no response headers")
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    res.into_body()
+}
+
 type ChannelClient = Client<HttpConnector, Channel<Bytes>>;
 
 fn channel_client() -> ChannelClient {
@@ -203,15 +216,7 @@ async fn response_body_streams_to_the_client_before_it_ends() {
         "",
     ))
     .await;
-    let res = tokio::time::timeout(
-        DEADLINE,
-        client().get(gw.url("web", "/download").parse().unwrap()),
-    )
-    .await
-    .expect("no response headers")
-    .unwrap();
-    assert_eq!(res.status(), StatusCode::OK);
-    let mut body = res.into_body();
+    let mut body = download(&gw).await;
     let (mut len, mut sum, mut released) = (0usize, 0u64, false);
     loop {
         let frame = tokio::time::timeout(DEADLINE, body.frame())
@@ -230,6 +235,41 @@ async fn response_body_streams_to_the_client_before_it_ends() {
     let total = (rest + 1) * MIB;
     let want_sum = (0..=rest).fold(0, |acc, i| checksum(acc, i * MIB, &pattern(i * MIB, MIB)));
     assert_eq!((len, sum), (total, want_sum));
+}
+
+/// An upstream that stops sending in the middle of a response (here: after its first MiB)
+/// is given up after `read_timeout` without data: the client's response is cut (it never
+/// looks complete) and logged as incomplete, rather than hanging for as long as the upstream
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_body_the_upstream_stops_sending_is_cut_after_read_timeout() {
+    let (addr, _seen) = streaming_upstream(23).await;
+    let gw = TestGateway::start(&config(
+        &format!("members = [{{ address = \"{addr}\" }}]\nread_timeout = \"500ms\""),
+        "",
+    ))
+    .await;
+    let mut body = download(&gw).await;
+    let mut len = 0;
+    // The client never says it got the first part, so the upstream sends nothing more.
+    let failed = loop {
+        let frame = tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .expect("the response hung: no read timeout");
+        match frame {
+            None => break false,
+            Some(Err(_)) => break true,
+            Some(Ok(f)) => len += f.into_data().map_or(0, |d| d.len()),
+        }
+    };
+    assert!(failed, "the cut response looked complete ({len} bytes)");
+    assert!(len <= MIB, "{len}");
+    let line = gw
+        .access_lines()
+        .into_iter()
+        .find(|l| l["path"] == "/download")
+        .unwrap();
+    assert_eq!(line["complete"], false, "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

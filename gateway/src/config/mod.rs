@@ -222,6 +222,8 @@ pub struct UpstreamConfig {
     pub members: Vec<MemberConfig>,
     pub connect_timeout: Duration,
     pub try_timeout: Duration,
+    /// Longest wait for the next part of a response body from a member.
+    pub read_timeout: Duration,
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_member: usize,

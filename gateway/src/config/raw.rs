@@ -84,6 +84,7 @@ pub struct RawUpstream {
     pub hash: Option<RawHash>,
     pub connect_timeout: Option<String>,
     pub try_timeout: Option<String>,
+    pub read_timeout: Option<String>,
     pub timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_member: Option<i64>,

@@ -468,6 +468,11 @@ fn upstream(
         u.timeout.as_ref(),
         Duration::from_secs(30),
     );
+    let read_timeout = errs.duration(
+        &format!("{path}.read_timeout"),
+        u.read_timeout.as_ref(),
+        Duration::from_secs(60),
+    );
     if try_timeout > timeout {
         errs.push(format!("{path}.try_timeout"), "must not exceed `timeout`");
     }
@@ -499,6 +504,7 @@ fn upstream(
         members,
         connect_timeout,
         try_timeout,
+        read_timeout,
         timeout,
         pool_idle_timeout,
         pool_max_idle_per_member: usize_from(pool_max_idle_per_member),
