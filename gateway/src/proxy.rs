@@ -617,12 +617,13 @@ async fn forward(
             parts.version = Version::HTTP_11;
             conn.tunnel.store(true, Ordering::Relaxed);
             let hold = conn.hold.clone();
+            let idle = cfg.tunnel_idle_timeout;
             let span = tracing::debug_span!("tunnel", upstream = name, member = %member.address);
             tokio::spawn(
                 async move {
                     // The connection stays counted, and the member busy, while the tunnel lives.
                     let _hold = (hold, in_flight);
-                    tunnel(client_upgrade, upstream_upgrade).await;
+                    tunnel(client_upgrade, upstream_upgrade, idle).await;
                 }
                 .instrument(span),
             );
@@ -744,7 +745,13 @@ fn websocket_upgrade(req: &Request<Incoming>, protocol: UpstreamProtocol) -> Opt
 
 /// Copies bytes both ways between the upgraded client and upstream connections until both
 /// sides are done.
-async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+/// Copies bytes both ways until either side closes, or until no byte went either way for
+/// `idle` (then both connections are closed).
+async fn tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    idle: std::time::Duration,
+) {
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {
@@ -752,11 +759,80 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
             return;
         }
     };
-    let mut client = TokioIo::new(client);
-    let mut upstream = TokioIo::new(upstream);
-    match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
-        Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+    let last = Arc::new(std::sync::atomic::AtomicU64::new(
+        crate::clock::coarse_millis(),
+    ));
+    let mut client = Active::new(TokioIo::new(client), &last);
+    let mut upstream = Active::new(TokioIo::new(upstream), &last);
+    tokio::select! {
+        copied = tokio::io::copy_bidirectional(&mut client, &mut upstream) => match copied {
+            Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
+            Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
+        },
+        () = idle_for(&last, idle) => tracing::debug!(?idle, "tunnel idle: closed"),
+    }
+}
+
+/// Returns once `last` (a [`crate::clock::coarse_millis`] stamp) is `idle` old.
+async fn idle_for(last: &std::sync::atomic::AtomicU64, idle: std::time::Duration) {
+    let idle_ms = crate::clock::millis(idle);
+    loop {
+        let since = crate::clock::coarse_millis().saturating_sub(last.load(Ordering::Relaxed));
+        if since >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(idle_ms - since)).await;
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// One side of a tunnel: stamps `last` whenever bytes are read from it.
+    struct Active<T> {
+        #[pin]
+        inner: T,
+        last: Arc<std::sync::atomic::AtomicU64>,
+    }
+}
+
+impl<T> Active<T> {
+    fn new(inner: T, last: &Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            inner,
+            last: Arc::clone(last),
+        }
+    }
+}
+
+impl<T: tokio::io::AsyncRead> tokio::io::AsyncRead for Active<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let before = buf.filled().len();
+        let res = this.inner.poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last
+                .store(crate::clock::coarse_millis(), Ordering::Relaxed);
+        }
+        res
+    }
+}
+
+impl<T: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Active<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.project().inner.poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_shutdown(cx)
     }
 }
 

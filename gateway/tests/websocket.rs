@@ -167,3 +167,48 @@ async fn other_upgrades_are_not_passed_on() {
     assert!(!seen[0].1.contains_key("upgrade"));
     assert!(!seen[0].1.contains_key("connection"));
 }
+
+/// A tunnel with no byte either way for `tunnel_idle_timeout` is closed; one in use stays
+/// open however long it lives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_tunnel_is_closed_and_a_busy_one_is_not() {
+    let (ws_addr, _seen) = ws_upstream().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[listeners.web]
+listen = "127.0.0.1:0"
+
+[upstreams.ws]
+members = [{{ address = "{ws_addr}" }}]
+tunnel_idle_timeout = "400ms"
+
+[[routes]]
+upstream = "ws"
+"#
+    ))
+    .await;
+    let url = format!("ws://{}/ws", gw.addr("web"));
+    let (mut ws, _) = tokio::time::timeout(DEADLINE, tokio_tungstenite::connect_async(url))
+        .await
+        .expect("handshake timed out")
+        .expect("handshake failed");
+    assert_eq!(next(&mut ws).await, Message::text("hello from upstream"));
+    // In use: a message every 100 ms for 1.2 s, three times the timeout.
+    for i in 0..12 {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        assert_eq!(next(&mut ws).await, Message::text(format!("echo:ping {i}")));
+    }
+    // Then idle: the gateway closes the tunnel, the client's stream ends.
+    let end = tokio::time::timeout(DEADLINE, ws.next())
+        .await
+        .expect("the idle tunnel was never closed");
+    assert!(
+        matches!(end, None | Some(Err(_)) | Some(Ok(Message::Close(_)))),
+        "{end:?}"
+    );
+    eventually("the tunnel's connection is gone", || async {
+        gw.gw().shared().active_connections() == 0
+    })
+    .await;
+}

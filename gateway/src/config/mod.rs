@@ -224,6 +224,8 @@ pub struct UpstreamConfig {
     pub try_timeout: Duration,
     /// Longest wait for the next part of a response body from a member.
     pub read_timeout: Duration,
+    /// An upgraded connection (WebSocket) with no byte either way for this long is closed.
+    pub tunnel_idle_timeout: Duration,
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_member: usize,

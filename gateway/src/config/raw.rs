@@ -85,6 +85,7 @@ pub struct RawUpstream {
     pub connect_timeout: Option<String>,
     pub try_timeout: Option<String>,
     pub read_timeout: Option<String>,
+    pub tunnel_idle_timeout: Option<String>,
     pub timeout: Option<String>,
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_member: Option<i64>,

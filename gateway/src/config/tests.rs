@@ -61,6 +61,7 @@ send_timeout = "1 fortnight"
 [upstreams.api]
 algorithm = "random"
 read_timeout = "-1s"
+tunnel_idle_timeout = "never"
 members = [{ address = "a:1", weight = 1 }, { address = "b:2", weight = 0 }]
 
 [[routes]]
@@ -78,6 +79,7 @@ methods = ["G E T"]
         "listeners.web.send_timeout:",
         "upstreams.api.algorithm:",
         "upstreams.api.read_timeout:",
+        "upstreams.api.tunnel_idle_timeout:",
         "upstreams.api.members[1].weight: must be > 0",
         "routes[0].upstream: no upstream named `missing`",
         "routes[0].match.path_pattern:",

@@ -473,6 +473,11 @@ fn upstream(
         u.read_timeout.as_ref(),
         Duration::from_secs(60),
     );
+    let tunnel_idle_timeout = errs.duration(
+        &format!("{path}.tunnel_idle_timeout"),
+        u.tunnel_idle_timeout.as_ref(),
+        Duration::from_secs(3600),
+    );
     if try_timeout > timeout {
         errs.push(format!("{path}.try_timeout"), "must not exceed `timeout`");
     }
@@ -505,6 +510,7 @@ fn upstream(
         connect_timeout,
         try_timeout,
         read_timeout,
+        tunnel_idle_timeout,
         timeout,
         pool_idle_timeout,
         pool_max_idle_per_member: usize_from(pool_max_idle_per_member),
