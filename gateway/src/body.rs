@@ -224,6 +224,22 @@ impl<B> ReadTimeout<B> {
     }
 }
 
+/// The timer of a body whose source just had nothing to give: set to fire `timeout` from now
+/// when the wait is new (`waiting` was false; made on the first wait), left running when
+/// the previous poll was already waiting.
+pub fn arm_idle_timer<'a>(
+    idle: &'a mut Option<Pin<Box<tokio::time::Sleep>>>,
+    waiting: &mut bool,
+    timeout: std::time::Duration,
+) -> &'a mut Pin<Box<tokio::time::Sleep>> {
+    let fresh = !std::mem::replace(waiting, true);
+    let deadline = || tokio::time::Instant::now() + timeout;
+    if fresh && let Some(sleep) = idle.as_mut() {
+        sleep.as_mut().reset(deadline());
+    }
+    idle.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline())))
+}
+
 /// Why a [`ReadTimeout`] body failed.
 #[derive(Debug, thiserror::Error)]
 #[error("the upstream sent no response data for {0:?}")]
@@ -248,14 +264,7 @@ where
                 Poll::Ready(frame.map(|f| f.map_err(Into::into)))
             }
             Poll::Pending => {
-                let deadline = tokio::time::Instant::now() + *this.timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if !*this.waiting {
-                    *this.waiting = true;
-                    idle.as_mut().reset(deadline);
-                }
+                let idle = arm_idle_timer(this.idle, this.waiting, *this.timeout);
                 match idle.as_mut().poll(cx) {
                     Poll::Ready(()) => Poll::Ready(Some(Err(ReadTimedOut(*this.timeout).into()))),
                     Poll::Pending => Poll::Pending,

@@ -6,8 +6,8 @@
 //! `408 Request Timeout` and the connection is closed; a connection idle (no request in
 //! flight, nothing received) for `idle_timeout` is closed gracefully; one whose client has
 //! taken none of what the gateway has to send for `send_timeout` (it stopped reading) is
-//! closed at once. On shutdown every
-//! connection finishes its in-flight requests and closes; idle keep-alives close at once.
+//! closed at once. On shutdown every connection finishes its in-flight requests and closes;
+//! idle keep-alives close at once.
 
 use std::io;
 use std::net::SocketAddr;

@@ -280,14 +280,7 @@ impl Body for StreamBody {
             }
             Poll::Pending => {
                 let timeout = this.shared.timeout;
-                let deadline = tokio::time::Instant::now() + timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-                if !this.waiting {
-                    this.waiting = true;
-                    idle.as_mut().reset(deadline);
-                }
+                let idle = crate::body::arm_idle_timer(&mut this.idle, &mut this.waiting, timeout);
                 if idle.as_mut().poll(cx).is_ready() {
                     this.shared.timed_out.store(true, Ordering::Release);
                     this.rest = None;
