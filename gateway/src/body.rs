@@ -34,7 +34,7 @@ pub fn empty() -> ResponseBody {
 }
 
 /// How a body ended, passed to completion hooks.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct BodyOutcome {
     /// Data bytes sent.
     pub bytes: u64,
@@ -42,6 +42,8 @@ pub struct BodyOutcome {
     pub complete: bool,
     /// Reading the body failed.
     pub failed: bool,
+    /// Why it failed (the upstream's side: a proxied body fails only on its way in).
+    pub error: Option<String>,
 }
 
 pin_project_lite::pin_project! {
@@ -70,9 +72,8 @@ pin_project_lite::pin_project! {
             if !this.outcome.failed && this.inner.is_end_stream() {
                 this.outcome.complete = true;
             }
-            let outcome = *this.outcome;
             if let Some(hook) = this.hook.take() {
-                hook(outcome);
+                hook(std::mem::take(this.outcome));
             }
         }
     }
@@ -111,15 +112,17 @@ where
                     this.outcome.bytes += data.len() as u64;
                 }
             }
-            Poll::Ready(Some(Err(_))) => this.outcome.failed = true,
+            Poll::Ready(Some(Err(e))) => {
+                this.outcome.failed = true;
+                this.outcome.error = Some(e.to_string());
+            }
             Poll::Ready(None) => this.outcome.complete = true,
             Poll::Pending => {}
         }
-        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            let outcome = *this.outcome;
-            if let Some(hook) = this.hook.take() {
-                hook(outcome);
-            }
+        if matches!(res, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            && let Some(hook) = this.hook.take()
+        {
+            hook(std::mem::take(this.outcome));
         }
         res
     }
@@ -315,13 +318,13 @@ mod tests {
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.data_ref().map(Bytes::len), Some(3));
         drop(body);
-        let o = seen.lock().unwrap().unwrap();
+        let o = seen.lock().unwrap().take().unwrap();
         assert!(o.complete && !o.failed);
         assert_eq!(o.bytes, 3);
         // An empty body is never polled.
         let (body, seen) = tracked(empty());
         drop(body);
-        assert!(seen.lock().unwrap().unwrap().complete);
+        assert!(seen.lock().unwrap().take().unwrap().complete);
     }
 
     /// Sets its flag when dropped.
@@ -375,7 +378,7 @@ mod tests {
         tx.send_data(Bytes::from_static(b"ab")).await.unwrap();
         body.frame().await.unwrap().unwrap();
         drop(body);
-        let o = seen.lock().unwrap().unwrap();
+        let o = seen.lock().unwrap().take().unwrap();
         assert!(!o.complete);
         assert_eq!(o.bytes, 2);
     }

@@ -412,8 +412,11 @@ impl ObserveDone {
                     complete: outcome.complete,
                     duration: elapsed,
                     ttfb,
-                    error: fields.error.as_deref(),
-                    error_origin: fields.error_origin,
+                    // An error that became the response, else one that cut its body.
+                    error: fields.error.as_deref().or(outcome.error.as_deref()),
+                    error_origin: fields
+                        .error_origin
+                        .or(outcome.error.as_ref().map(|_| "upstream")),
                 });
             }
         });

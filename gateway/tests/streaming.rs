@@ -270,6 +270,14 @@ async fn a_response_body_the_upstream_stops_sending_is_cut_after_read_timeout() 
         .find(|l| l["path"] == "/download")
         .unwrap();
     assert_eq!(line["complete"], false, "{line}");
+    assert_eq!(line["error_origin"], "upstream", "{line}");
+    assert!(
+        line["error"]
+            .as_str()
+            .unwrap()
+            .contains("no response data for 500ms"),
+        "{line}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
