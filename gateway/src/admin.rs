@@ -22,6 +22,9 @@ use tokio::net::TcpListener;
 
 use crate::server::Shared;
 
+/// How long an admin client may take to send a request head.
+const ADMIN_HEADER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Serves the admin API until the task is aborted.
 pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
     loop {
@@ -38,7 +41,10 @@ pub async fn serve(shared: Arc<Shared>, socket: TcpListener) {
                 let shared = Arc::clone(&shared);
                 async move { Ok::<_, Infallible>(handle(&shared, req).await) }
             });
+            // A client that never finishes its request head is dropped (hyper answers 408).
             if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(ADMIN_HEADER_TIMEOUT)
                 .serve_connection(TokioIo::new(stream), svc)
                 .await
             {
