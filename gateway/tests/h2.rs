@@ -123,3 +123,54 @@ async fn h2_header_limit_gives_431() {
         "{metrics}"
     );
 }
+
+/// `body_timeout` over HTTP/2: a stream whose body stops coming gets 408 (only that stream;
+/// the connection goes on).
+#[tokio::test]
+async fn h2_a_stalled_request_body_gets_408() {
+    use http_body_util::BodyExt;
+    let up = TestUpstream::start("a", false).await;
+    let text = format!(
+        "[listeners.web]\nlisten = \"127.0.0.1:0\"\nbody_timeout = \"300ms\"\n[upstreams.u]\n{}\n[[routes]]\nupstream = \"u\"\n",
+        members(&[&up])
+    );
+    let gw = TestGateway::start(&text).await;
+    let c: hyper_util::client::legacy::Client<_, http_body_util::channel::Channel<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let (mut tx, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);
+    let req = http::Request::post(gw.url("web", "/upload"))
+        .body(body)
+        .unwrap();
+    let pending = tokio::spawn({
+        let c = c.clone();
+        async move { c.request(req).await }
+    });
+    tx.send_data(bytes::Bytes::from_static(b"part"))
+        .await
+        .unwrap();
+    // ... and nothing more, without ending the stream.
+    let res = tokio::time::timeout(DEADLINE, pending)
+        .await
+        .expect("no answer to the stalled stream")
+        .unwrap()
+        .unwrap();
+    assert_eq!(res.version(), Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    let text = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&text[..], b"Request Timeout\n");
+    assert_eq!(up.hits(), 0);
+    drop(tx);
+    // Another stream on the same client works.
+    let (empty_tx, body) = http_body_util::channel::Channel::<bytes::Bytes>::new(1);
+    drop(empty_tx);
+    let req = http::Request::get(gw.url("web", "/after"))
+        .body(body)
+        .unwrap();
+    let res = tokio::time::timeout(DEADLINE, c.request(req))
+        .await
+        .expect("timed out")
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}
