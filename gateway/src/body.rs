@@ -44,6 +44,8 @@ pub struct BodyOutcome {
     pub failed: bool,
     /// Why it failed (the upstream's side: a proxied body fails only on its way in).
     pub error: Option<String>,
+    /// It failed because the upstream sent nothing for `read_timeout` ([`ReadTimedOut`]).
+    pub read_timed_out: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -115,6 +117,7 @@ where
             Poll::Ready(Some(Err(e))) => {
                 this.outcome.failed = true;
                 this.outcome.error = Some(e.to_string());
+                this.outcome.read_timed_out = e.is::<ReadTimedOut>();
             }
             Poll::Ready(None) => this.outcome.complete = true,
             Poll::Pending => {}

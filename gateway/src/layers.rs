@@ -371,6 +371,9 @@ impl ObserveDone {
         let (parts, inner) = res.into_parts();
         let body = TrackedBody::new(inner, move |outcome| {
             drop(in_flight);
+            if outcome.read_timed_out {
+                state.metrics.timeouts.read.inc();
+            }
             let fields = log.fields();
             let listener = conn.as_ref().map_or("-", |c| &*c.listener);
             let elapsed = start.elapsed();

@@ -287,6 +287,7 @@ async fn serve_connection(
                     return;
                 }
                 Err(_) => {
+                    shared.metrics.timeouts.header.inc();
                     tracing::debug!(%peer, "TLS handshake timed out");
                     return;
                 }
@@ -422,6 +423,7 @@ async fn serve_http<S>(
                 }
                 command = std::future::poll_fn(|cx| control.poll_command(cx)) => {
                     if command == Command::SendTimeout {
+                        shared.metrics.timeouts.send.inc();
                         tracing::debug!("the client took nothing for send_timeout: closed");
                         return;
                     }
@@ -469,10 +471,12 @@ async fn serve_http<S>(
                     }
                 }
                 Command::SendTimeout => {
+                    shared.metrics.timeouts.send.inc();
                     tracing::debug!("the client took nothing for send_timeout: closed");
                     return;
                 }
                 Command::HeaderTimeout => {
+                    shared.metrics.timeouts.header.inc();
                     let Some(parts) = c.into_parts() else {
                         return;
                     };

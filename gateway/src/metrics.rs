@@ -43,6 +43,23 @@ pub struct Metrics {
     pub config_reloads_total: IntCounterVec,
     /// Access-log lines dropped because the output could not keep up (or failed).
     pub access_log_dropped_lines_total: IntCounter,
+    /// `lb_gateway_timeouts_total` by timeout, resolved once.
+    pub timeouts: TimeoutCounters,
+}
+
+/// `lb_gateway_timeouts_total{timeout}`: how often each bounded wait ran out.
+#[derive(Clone, Debug)]
+pub struct TimeoutCounters {
+    /// A request head (or TLS handshake) took longer than `header_timeout`.
+    pub header: IntCounter,
+    /// A request body stalled for `body_timeout`.
+    pub body: IntCounter,
+    /// A client took nothing of a response for `send_timeout`.
+    pub send: IntCounter,
+    /// A member sent nothing of a response body for `read_timeout`.
+    pub read: IntCounter,
+    /// A tunnel had no traffic for `tunnel_idle_timeout`.
+    pub tunnel_idle: IntCounter,
 }
 
 impl Metrics {
@@ -130,6 +147,18 @@ impl Metrics {
             "Access-log lines dropped because the output could not keep up or failed.",
         )?;
         registry.register(Box::new(access_log_dropped_lines_total.clone()))?;
+        let timeouts_total = counter(
+            "lb_gateway_timeouts_total",
+            "Bounded waits that ran out, by timeout.",
+            &["timeout"],
+        )?;
+        let timeouts = TimeoutCounters {
+            header: timeouts_total.with_label_values(&["header"]),
+            body: timeouts_total.with_label_values(&["body"]),
+            send: timeouts_total.with_label_values(&["send"]),
+            read: timeouts_total.with_label_values(&["read"]),
+            tunnel_idle: timeouts_total.with_label_values(&["tunnel_idle"]),
+        };
         Ok(Self {
             registry,
             requests_total,
@@ -145,6 +174,7 @@ impl Metrics {
             upstream_pool_reused_requests_total,
             config_reloads_total,
             access_log_dropped_lines_total,
+            timeouts,
         })
     }
 

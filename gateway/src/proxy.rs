@@ -377,8 +377,9 @@ async fn forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body =
-        RequestBodySource::read(incoming, declared, body_limits, cfg.retry.buffer_bytes).await?;
+    let body = RequestBodySource::read(incoming, declared, body_limits, cfg.retry.buffer_bytes)
+        .await
+        .inspect_err(|e| count_timeout(shared, e))?;
 
     let idempotent = is_idempotent(&parts.method);
     let scheme = if cfg.tls.is_some() {
@@ -519,6 +520,7 @@ async fn forward(
         if result.as_ref().is_ok_and(Result::is_err)
             && let Some(fault) = body.client_fault()
         {
+            count_timeout(shared, &fault);
             return Err(fault);
         }
         let (outcome_label, outcome, res) = match result {
@@ -617,7 +619,10 @@ async fn forward(
             parts.version = Version::HTTP_11;
             conn.tunnel.store(true, Ordering::Relaxed);
             let hold = conn.hold.clone();
-            let idle = cfg.tunnel_idle_timeout;
+            let idle = (
+                cfg.tunnel_idle_timeout,
+                metrics.timeouts.tunnel_idle.clone(),
+            );
             let span = tracing::debug_span!("tunnel", upstream = name, member = %member.address);
             tokio::spawn(
                 async move {
@@ -745,13 +750,21 @@ fn websocket_upgrade(req: &Request<Incoming>, protocol: UpstreamProtocol) -> Opt
 
 /// Copies bytes both ways between the upgraded client and upstream connections until both
 /// sides are done.
+/// Counts a request-body timeout in `lb_gateway_timeouts_total`.
+fn count_timeout(shared: &Shared, e: &ProxyError) {
+    if matches!(e, ProxyError::BodyTimeout { .. }) {
+        shared.metrics.timeouts.body.inc();
+    }
+}
+
 /// Copies bytes both ways until either side closes, or until no byte went either way for
-/// `idle` (then both connections are closed).
+/// `idle.0` (then both connections are closed and `idle.1` counts it).
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    idle: std::time::Duration,
+    idle: (std::time::Duration, prometheus::IntCounter),
 ) {
+    let (idle, idle_count) = idle;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {
@@ -769,7 +782,10 @@ async fn tunnel(
             Ok((up, down)) => tracing::debug!(up, down, "tunnel closed"),
             Err(e) => tracing::debug!(error = %e, "tunnel ended with an error"),
         },
-        () = idle_for(&last, idle) => tracing::debug!(?idle, "tunnel idle: closed"),
+        () = idle_for(&last, idle) => {
+            idle_count.inc();
+            tracing::debug!(?idle, "tunnel idle: closed");
+        }
     }
 }
 

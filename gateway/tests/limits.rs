@@ -106,6 +106,7 @@ async fn slow_headers_get_408() {
     let r = read_all(&mut s).await;
     assert_eq!(status_line(&r), "HTTP/1.1 408 Request Timeout", "{r}");
     assert_eq!(up.hits(), 0);
+    assert_eq!(gw.gw().shared().metrics.timeouts.header.get(), 1);
 }
 
 /// A client that stops sending its body gets 408 after `body_timeout` without data, whether
@@ -122,6 +123,7 @@ async fn stalled_bodies_get_408_and_slow_steady_ones_pass() {
     .await;
     assert_eq!(status_line(&r), "HTTP/1.1 408 Request Timeout", "{r}");
     assert_eq!(up.hits(), 0);
+    assert_eq!(gw.gw().shared().metrics.timeouts.body.get(), 1);
 
     // Streamed: nothing is buffered, the upstream is being sent the body when the client
     // stalls.
@@ -133,6 +135,7 @@ async fn stalled_bodies_get_408_and_slow_steady_ones_pass() {
     .await;
     assert_eq!(status_line(&r), "HTTP/1.1 408 Request Timeout", "{r}");
     assert_eq!(streaming.hits(), 0, "the upstream got a whole request");
+    assert_eq!(gw2.gw().shared().metrics.timeouts.body.get(), 1);
     let line = gw2
         .access_lines()
         .into_iter()
@@ -194,6 +197,7 @@ respond = {{ status = 200, body = "{big}" }}
     let _ended = tokio::io::AsyncReadExt::read_to_end(&mut s, &mut got).await;
     assert!(got.len() < big.len(), "{} bytes", got.len());
     assert!(got.starts_with(b"HTTP/1.1 200 OK"));
+    assert_eq!(shared.metrics.timeouts.send.get(), 1);
 }
 
 #[tokio::test]

@@ -271,6 +271,7 @@ async fn a_response_body_the_upstream_stops_sending_is_cut_after_read_timeout() 
         .unwrap();
     assert_eq!(line["complete"], false, "{line}");
     assert_eq!(line["error_origin"], "upstream", "{line}");
+    assert_eq!(gw.gw().shared().metrics.timeouts.read.get(), 1);
     assert!(
         line["error"]
             .as_str()

@@ -301,3 +301,27 @@ async fn reload_swaps_certificates() {
         .unwrap();
     assert_eq!(b.peer_cert, pki.b_der);
 }
+
+/// A client that connects and never starts the TLS handshake is dropped after
+/// `header_timeout`, and counted.
+#[tokio::test]
+async fn a_tls_handshake_that_never_comes_is_dropped_after_header_timeout() {
+    use tokio::io::AsyncReadExt;
+    let up = TestUpstream::start("a", false).await;
+    let dir = TempDir::new();
+    let _pki = make_pki(&dir);
+    let text = config(&up, false).replace(
+        "listen = \"127.0.0.1:0\"\n[listeners.secure.tls]",
+        "listen = \"127.0.0.1:0\"\nheader_timeout = \"300ms\"\n[listeners.secure.tls]",
+    );
+    assert!(text.contains("header_timeout"));
+    let path = dir.write("gateway.toml", &text);
+    let gw = TestGateway::start_file(dir, path).await;
+    let mut s = TcpStream::connect(gw.addr("secure")).await.unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(DEADLINE, s.read(&mut buf))
+        .await
+        .expect("the silent connection was never closed");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(gw.gw().shared().metrics.timeouts.header.get(), 1);
+}

@@ -211,4 +211,5 @@ upstream = "ws"
         gw.gw().shared().active_connections() == 0
     })
     .await;
+    assert_eq!(gw.gw().shared().metrics.timeouts.tunnel_idle.get(), 1);
 }
