@@ -5,15 +5,15 @@
 //! Each connection has a watchdog: a partial request older than `header_timeout` gets
 //! `408 Request Timeout` and the connection is closed; a connection idle (no request in
 //! flight, nothing received) for `idle_timeout` is closed gracefully; one whose client has
-//! taken none of what the gateway has to send for `send_timeout` (it stopped reading) is
-//! closed at once. On shutdown every connection finishes its in-flight requests and closes;
-//! idle keep-alives close at once.
+//! taken none of what the gateway has to send for `send_timeout` (it stopped reading; over
+//! HTTP/2 also one stream whose window it keeps shut) is closed at once. On shutdown every
+//! connection finishes its in-flight requests and closes; idle keep-alives close at once.
 
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -45,6 +45,10 @@ struct ConnState {
     idle_since: AtomicU64,
     /// Since when a write has been waiting for the client to take bytes (0: not waiting).
     blocked_since: AtomicU64,
+    /// HTTP/2: per response being sent, since when it has had data for the client that the
+    /// client's flow-control window does not let out (0: not waiting). A client that does not
+    /// read a stream blocks no socket write, so `blocked_since` cannot see it.
+    streams: Mutex<Vec<Weak<AtomicU64>>>,
 }
 
 impl ConnState {
@@ -54,7 +58,37 @@ impl ConnState {
             partial_since: AtomicU64::new(0),
             idle_since: AtomicU64::new(now),
             blocked_since: AtomicU64::new(0),
+            streams: Mutex::new(Vec::new()),
         }
+    }
+
+    /// Registers an HTTP/2 response body: its stamp starts now (the client must give the
+    /// stream room for its first data within `send_timeout`).
+    fn watch_stream(&self) -> Arc<AtomicU64> {
+        let stamp = Arc::new(AtomicU64::new(clock::coarse_millis()));
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        // Ended responses are forgotten here too, so the list stays near the number of
+        // open streams between the watchdog's looks.
+        if streams.len() >= 64 && streams.len().is_power_of_two() {
+            streams.retain(|w| w.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(&stamp));
+        drop(streams);
+        stamp
+    }
+
+    /// The oldest stamp of a response still waiting for the client's window (forgetting the
+    /// responses that ended), or 0.
+    fn oldest_stalled_stream(&self) -> u64 {
+        let mut streams = self.streams.lock().unwrap_or_else(PoisonError::into_inner);
+        streams.retain(|w| w.strong_count() > 0);
+        streams
+            .iter()
+            .filter_map(Weak::upgrade)
+            .map(|s| s.load(Ordering::Relaxed))
+            .filter(|&s| s != 0)
+            .min()
+            .unwrap_or(0)
     }
 
     /// A write or flush returned: pending starts the send clock (if not running), done stops
@@ -169,6 +203,49 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for WatchedIo<S> {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An HTTP/2 response body whose stamp says since when it has waited for the client: set
+    /// when it hands hyper a data frame (hyper polls again once the stream's window lets that
+    /// frame out), cleared when polled again or when it ended.
+    struct StreamBody<B> {
+        #[pin]
+        inner: B,
+        stamp: Arc<AtomicU64>,
+    }
+}
+
+impl<B> http_body::Body for StreamBody<B>
+where
+    B: http_body::Body<Data = bytes::Bytes>,
+{
+    type Data = bytes::Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, B::Error>>> {
+        let this = self.project();
+        let mut inner = this.inner;
+        let res = inner.as_mut().poll_frame(cx);
+        let waiting =
+            matches!(&res, Poll::Ready(Some(Ok(f))) if f.is_data()) && !inner.is_end_stream();
+        this.stamp.store(
+            if waiting { clock::coarse_millis() } else { 0 },
+            Ordering::Relaxed,
+        );
+        res
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -370,13 +447,18 @@ async fn serve_http<S>(
         let guard = svc_state.request_started();
         req.extensions_mut().insert(conn.clone());
         let call = call_ready(&mut *stack.borrow_mut(), req);
+        let streams = h2.then(|| Arc::clone(&svc_state));
         async move {
             let res = call.await?;
             let (parts, inner) = res.into_parts();
-            Ok::<_, std::convert::Infallible>(http::Response::from_parts(
-                parts,
-                body::holding(inner, guard),
-            ))
+            let body = match streams {
+                Some(state) if !http_body::Body::is_end_stream(&inner) => {
+                    let stamp = state.watch_stream();
+                    body::holding(StreamBody { inner, stamp }, guard)
+                }
+                _ => body::holding(inner, guard),
+            };
+            Ok::<_, std::convert::Infallible>(http::Response::from_parts(parts, body))
         }
     });
     let tick = (limits
@@ -610,8 +692,13 @@ enum Verdict {
 
 fn watchdog(state: &ConnState, timeouts: Timeouts) -> Verdict {
     let now = clock::coarse_millis();
+    let send = clock::millis(timeouts.send);
     let blocked = state.blocked_since.load(Ordering::Relaxed);
-    if blocked != 0 && now.saturating_sub(blocked) >= clock::millis(timeouts.send) {
+    if blocked != 0 && now.saturating_sub(blocked) >= send {
+        return Verdict::SendTimeout;
+    }
+    let stalled = state.oldest_stalled_stream();
+    if stalled != 0 && now.saturating_sub(stalled) >= send {
         return Verdict::SendTimeout;
     }
     if state.in_flight.load(Ordering::Acquire) > 0 {

@@ -281,6 +281,49 @@ async fn a_response_body_the_upstream_stops_sending_is_cut_after_read_timeout() 
     );
 }
 
+/// HTTP/2: a client that stops reading one stream (its flow-control window stays shut, so no
+/// socket write ever blocks) is disconnected after `send_timeout`: it cannot hold the
+/// upstream response (and the member's connection) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_client_that_stops_reading_a_stream_is_closed_after_send_timeout() {
+    let (addr, seen) = streaming_upstream(23).await;
+    // The upstream sends its 24 MiB without waiting for the client.
+    seen.client_has_first_part.notify_one();
+    let gw = TestGateway::start(&config(
+        &format!("members = [{{ address = \"{addr}\" }}]"),
+        "send_timeout = \"500ms\"",
+    ))
+    .await;
+    let res = tokio::time::timeout(
+        DEADLINE,
+        h2c_client().get(gw.url("web", "/download").parse().unwrap()),
+    )
+    .await
+    .expect("no response headers")
+    .unwrap();
+    assert_eq!(res.version(), http::Version::HTTP_2);
+    assert_eq!(res.status(), StatusCode::OK);
+    // The body is not read: the stream's window fills and stays shut.
+    let shared = Arc::clone(gw.gw().shared());
+    eventually("the gateway closed the connection", || async {
+        shared.active_connections() == 0
+    })
+    .await;
+    assert_eq!(shared.metrics.timeouts.send.get(), 1);
+    let mut body = res.into_body();
+    let ended_early = loop {
+        match tokio::time::timeout(DEADLINE, body.frame())
+            .await
+            .expect("body hung")
+        {
+            None => break false,
+            Some(Err(_)) => break true,
+            Some(Ok(_)) => {}
+        }
+    };
+    assert!(ended_early, "the whole body came through");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_body_is_retried_after_a_failed_connect() {
     // The first member refuses connections: the body was never sent, so the retry to the
