@@ -28,7 +28,9 @@
 //!   system calls and the network stack, where most of a proxied request's time goes);
 //! - each case is run [`RUNS`] times, the proxies interleaved within each round (each round
 //!   starts with the next proxy, so none is always first), after a warm-up; the medians are
-//!   reported, with the ratios of lb-gateway to NGINX and HAProxy.
+//!   reported, with the ratios of lb-gateway to NGINX and HAProxy, and the same ratios round
+//!   by round (a round's runs follow each other, so the machine's drift between rounds, which
+//!   can exceed the differences measured, cancels out of them).
 //!
 //! All traffic goes to 127.0.0.1. Every run is bounded in time (`-d`/`-D` and a `timeout`
 //! wrapper), every wait has a deadline, and every process started is stopped at the end (also
@@ -176,6 +178,10 @@ pub struct CaseReport {
     /// lb-gateway / NGINX and lb-gateway / HAProxy, of req/s (of CPU use in the fixed-rate case).
     pub ratio_to_nginx: Option<f64>,
     pub ratio_to_haproxy: Option<f64>,
+    /// The same ratios within each round (the proxies' runs of one round follow each other,
+    /// so the machine's drift between rounds cancels out of them), in round order.
+    pub round_ratios_to_nginx: Vec<f64>,
+    pub round_ratios_to_haproxy: Vec<f64>,
 }
 
 /// The whole report, as written by `--json`.
@@ -1021,6 +1027,8 @@ respond = {{ status = 404, body = "no route" }}
                 .join(" "),
             ratio_to_nginx: ratio(Proxy::Nginx),
             ratio_to_haproxy: ratio(Proxy::Haproxy),
+            round_ratios_to_nginx: round_ratios(case, &results, Proxy::Nginx),
+            round_ratios_to_haproxy: round_ratios(case, &results, Proxy::Haproxy),
             results,
         })
     }
@@ -1165,6 +1173,23 @@ fn versions() -> Vec<String> {
     ]
 }
 
+/// lb-gateway's figure over `other`'s, round by round: req/s, or CPU use in the fixed-rate
+/// case.
+fn round_ratios(case: Case, results: &[Measured], other: Proxy) -> Vec<f64> {
+    let runs = |p: Proxy| results.iter().find(|m| m.proxy == p).map(|m| &m.runs);
+    let (Some(gw), Some(o)) = (runs(Proxy::LbGateway), runs(other)) else {
+        return Vec::new();
+    };
+    let value = |r: &Run| {
+        if case == Case::FixedRate {
+            r.cpu_percent
+        } else {
+            r.requests_per_second
+        }
+    };
+    gw.iter().zip(o).map(|(g, o)| value(g) / value(o)).collect()
+}
+
 /// The results as text tables.
 fn render(report: &Report) -> String {
     let mut s = String::new();
@@ -1203,6 +1228,17 @@ fn render(report: &Report) -> String {
             opt(c.ratio_to_nginx),
             opt(c.ratio_to_haproxy)
         ));
+        let rounds = |v: &[f64]| {
+            let mut sorted = v.to_vec();
+            let list: Vec<String> = v.iter().map(|r| format!("{r:.2}")).collect();
+            let mid = (!sorted.is_empty()).then(|| median(&mut sorted));
+            format!("{} (median {})", list.join(" "), opt(mid))
+        };
+        s.push_str(&format!(
+            "  round by round (each round's proxies back to back): NGINX {}, HAProxy {}\n",
+            rounds(&c.round_ratios_to_nginx),
+            rounds(&c.round_ratios_to_haproxy)
+        ));
     }
     s
 }
@@ -1240,5 +1276,42 @@ mod tests {
     fn medians() {
         assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
         assert_eq!(median(&mut [4.0, 1.0]), 2.5);
+    }
+
+    #[test]
+    fn ratios_are_taken_within_each_round() {
+        let run = |rps: f64, cpu: f64| Run {
+            requests_per_second: rps,
+            p99_ms: None,
+            mean_ms: None,
+            cpu_percent: cpu,
+            user_cpu_percent: cpu / 4.0,
+            errors: 0,
+        };
+        let measured = |proxy, runs: Vec<Run>| Measured {
+            proxy,
+            median_requests_per_second: 0.0,
+            median_p99_ms: None,
+            median_mean_ms: None,
+            median_cpu_percent: 0.0,
+            median_cpu_us_per_request: 0.0,
+            median_user_us_per_request: 0.0,
+            runs,
+        };
+        let results = vec![
+            measured(Proxy::LbGateway, vec![run(110.0, 20.0), run(88.0, 30.0)]),
+            measured(Proxy::Nginx, vec![run(100.0, 25.0), run(80.0, 40.0)]),
+        ];
+        let r = round_ratios(Case::Http1, &results, Proxy::Nginx);
+        assert!(
+            (r[0] - 1.1).abs() < 1e-9 && (r[1] - 1.1).abs() < 1e-9,
+            "{r:?}"
+        );
+        let r = round_ratios(Case::FixedRate, &results, Proxy::Nginx);
+        assert!(
+            (r[0] - 0.8).abs() < 1e-9 && (r[1] - 0.75).abs() < 1e-9,
+            "{r:?}"
+        );
+        assert!(round_ratios(Case::Http1, &results, Proxy::Haproxy).is_empty());
     }
 }
