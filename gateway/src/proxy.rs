@@ -619,16 +619,14 @@ async fn forward(
             parts.version = Version::HTTP_11;
             conn.tunnel.store(true, Ordering::Relaxed);
             let hold = conn.hold.clone();
-            let idle = (
-                cfg.tunnel_idle_timeout,
-                metrics.timeouts.tunnel_idle.clone(),
-            );
+            let idle = cfg.tunnel_idle_timeout;
+            let idle_count = metrics.timeouts.tunnel_idle.clone();
             let span = tracing::debug_span!("tunnel", upstream = name, member = %member.address);
             tokio::spawn(
                 async move {
                     // The connection stays counted, and the member busy, while the tunnel lives.
                     let _hold = (hold, in_flight);
-                    tunnel(client_upgrade, upstream_upgrade, idle).await;
+                    tunnel(client_upgrade, upstream_upgrade, idle, &idle_count).await;
                 }
                 .instrument(span),
             );
@@ -758,13 +756,13 @@ fn count_timeout(shared: &Shared, e: &ProxyError) {
 }
 
 /// Copies bytes both ways until either side closes, or until no byte went either way for
-/// `idle.0` (then both connections are closed and `idle.1` counts it).
+/// `idle` (then both connections are closed and `idle_count` counts it).
 async fn tunnel(
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    idle: (std::time::Duration, prometheus::IntCounter),
+    idle: std::time::Duration,
+    idle_count: &prometheus::IntCounter,
 ) {
-    let (idle, idle_count) = idle;
     let (client, upstream) = match tokio::try_join!(client, upstream) {
         Ok(both) => both,
         Err(e) => {
