@@ -210,14 +210,14 @@ pin_project_lite::pin_project! {
     /// An HTTP/2 response body whose stamp says since when it has waited for the client: set
     /// when it hands hyper a data frame (hyper polls again once the stream's window lets that
     /// frame out), cleared when polled again or when it ended.
-    struct StreamBody<B> {
+    struct H2ResponseStamp<B> {
         #[pin]
         inner: B,
         stamp: Arc<AtomicU64>,
     }
 }
 
-impl<B> http_body::Body for StreamBody<B>
+impl<B> http_body::Body for H2ResponseStamp<B>
 where
     B: http_body::Body<Data = bytes::Bytes>,
 {
@@ -454,7 +454,7 @@ async fn serve_http<S>(
             let body = match streams {
                 Some(state) if !http_body::Body::is_end_stream(&inner) => {
                     let stamp = state.watch_stream();
-                    body::holding(StreamBody { inner, stamp }, guard)
+                    body::holding(H2ResponseStamp { inner, stamp }, guard)
                 }
                 _ => body::holding(inner, guard),
             };
