@@ -33,6 +33,11 @@ use crate::server::{ConnectionGuard, Shared};
 
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
+/// HTTP/2 streams a client may reset before the gateway took them up, per connection, before
+/// it is sent GOAWAY (`ENHANCE_YOUR_CALM`): the `h2` crate's own default, set here so that a
+/// change of that default cannot lift it.
+const H2_MAX_PENDING_RESETS: usize = 20;
+
 /// Live state of one client connection, shared by its IO wrapper, its requests and its
 /// watchdog. The stamps are [`clock::coarse_millis`] values (0: not set), compared only with
 /// timeouts of seconds.
@@ -49,6 +54,27 @@ struct ConnState {
     /// client's flow-control window does not let out (0: not waiting). A client that does not
     /// read a stream blocks no socket write, so `blocked_since` cannot see it.
     streams: Mutex<Vec<Weak<AtomicU64>>>,
+    /// Requests begun on the connection.
+    requests: AtomicU64,
+}
+
+/// When a connection has served enough: `max_requests_per_connection` and the
+/// [`clock::coarse_millis`] stamp at which it is `max_connection_age` old.
+#[derive(Debug, Clone, Copy)]
+struct Retire {
+    max_requests: u64,
+    at: u64,
+    /// HTTP/2: a client may have had its streams open before the GOAWAY reached it, so it
+    /// gets `max_concurrent_streams` more; beyond that it ignores the GOAWAY (as a rapid-reset
+    /// attacker would, resetting each stream it opens) and the connection is closed at once.
+    abort_after: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retiring {
+    No,
+    Last,
+    Overdue,
 }
 
 impl ConnState {
@@ -59,6 +85,19 @@ impl ConnState {
             idle_since: AtomicU64::new(now),
             blocked_since: AtomicU64::new(0),
             streams: Mutex::new(Vec::new()),
+            requests: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts a request begun: whether it is to be the connection's last, or one too many.
+    fn count_request(&self, retire: Retire) -> Retiring {
+        let n = self.requests.fetch_add(1, Ordering::Relaxed) + 1;
+        if n > retire.abort_after {
+            Retiring::Overdue
+        } else if n >= retire.max_requests || clock::coarse_millis() >= retire.at {
+            Retiring::Last
+        } else {
+            Retiring::No
         }
     }
 
@@ -443,14 +482,45 @@ async fn serve_http<S>(
     // per request and going through `oneshot` moved the request three more times.
     let stack = std::cell::RefCell::new(shared.service_stack());
     let svc_state = Arc::clone(&state);
+    // The watchdog's mailbox; the service posts to it too (HTTP/2's last request).
+    let control = Arc::new(Control::default());
+    let svc_control = Arc::clone(&control);
+    let retire = Retire {
+        max_requests: limits.max_requests_per_connection,
+        at: clock::expiry(limits.max_connection_age),
+        abort_after: if h2 {
+            limits
+                .max_requests_per_connection
+                .saturating_add(u64::from(limits.max_concurrent_streams))
+        } else {
+            u64::MAX
+        },
+    };
     let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
         let guard = svc_state.request_started();
+        // The connection's last request: HTTP/2 says GOAWAY now (the streams open go on),
+        // HTTP/1 says `Connection: close` on the response (a tunnel has no next request).
+        let retiring = svc_state.count_request(retire);
+        match retiring {
+            Retiring::Last if h2 => svc_control.send(Command::Graceful),
+            Retiring::Overdue => svc_control.send(Command::Abort),
+            _ => {}
+        }
         req.extensions_mut().insert(conn.clone());
         let call = call_ready(&mut *stack.borrow_mut(), req);
         let streams = h2.then(|| Arc::clone(&svc_state));
         async move {
             let res = call.await?;
-            let (parts, inner) = res.into_parts();
+            let (mut parts, inner) = res.into_parts();
+            if retiring == Retiring::Last
+                && !h2
+                && parts.status != http::StatusCode::SWITCHING_PROTOCOLS
+            {
+                parts.headers.insert(
+                    http::header::CONNECTION,
+                    http::HeaderValue::from_static("close"),
+                );
+            }
             let body = match streams {
                 Some(state) if !http_body::Body::is_end_stream(&inner) => {
                     let stamp = state.watch_stream();
@@ -472,7 +542,6 @@ async fn serve_http<S>(
     // connection, they would be polled again on every wake-up of the connection (several per
     // request); this way the connection polls only its `Control` (an atomic load and a waker
     // registration).
-    let control = Arc::new(Control::default());
     let _watchdog = AbortOnDrop(tokio::spawn(watch_connection(
         Arc::clone(&state),
         Arc::clone(&control),
@@ -488,7 +557,12 @@ async fn serve_http<S>(
         let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
         builder
             .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+            .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            // Rapid reset (CVE-2023-44487): a client that resets this many streams before
+            // they were even taken up gets GOAWAY; streams reset later still count toward
+            // `max_requests_per_connection`.
+            .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS);
         let mut c = std::pin::pin!(builder.serve_connection(TokioIo::new(io), service));
         if draining {
             c.as_mut().graceful_shutdown();
@@ -507,6 +581,10 @@ async fn serve_http<S>(
                     if command == Command::SendTimeout {
                         shared.metrics.timeouts.send.inc();
                         tracing::debug!("the client took nothing for send_timeout: closed");
+                        return;
+                    }
+                    if command == Command::Abort {
+                        tracing::debug!("the client ignored GOAWAY: closed");
                         return;
                     }
                     // HTTP/2 has no partial-request state: any other verdict closes
@@ -557,6 +635,8 @@ async fn serve_http<S>(
                     tracing::debug!("the client took nothing for send_timeout: closed");
                     return;
                 }
+                // Only HTTP/2 asks for it.
+                Command::Abort => return,
                 Command::HeaderTimeout => {
                     shared.metrics.timeouts.header.inc();
                     let Some(parts) = c.into_parts() else {
@@ -591,6 +671,8 @@ enum Command {
     /// The client took nothing of the response for `send_timeout`: close at once (an answer
     /// could not be sent either).
     SendTimeout = 3,
+    /// An HTTP/2 client went on opening streams long after it was sent GOAWAY: close at once.
+    Abort = 4,
 }
 
 /// The watchdog's mailbox of one connection. The connection polls it on every wake-up
@@ -628,7 +710,8 @@ impl Control {
             0 => Command::None,
             1 => Command::Graceful,
             2 => Command::HeaderTimeout,
-            _ => Command::SendTimeout,
+            3 => Command::SendTimeout,
+            _ => Command::Abort,
         }
     }
 }

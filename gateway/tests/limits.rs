@@ -2,7 +2,7 @@
 //! request must get the right status and never reach the upstream.
 
 // The helpers below are test code outside #[test] functions.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -486,4 +486,106 @@ async fn mangled_requests_get_http_answers_and_never_a_server_error() {
     assert!(up.hits() > 0);
     let panics = PANICS.lock().unwrap();
     assert!(panics.is_empty(), "{panics:?}");
+}
+
+/// Reads one response with a `content-length` body from `s` (the gateway's answers here all
+/// have one) and returns its head and body as text.
+async fn read_response(s: &mut TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    let complete = |buf: &[u8]| -> bool {
+        let text = String::from_utf8_lossy(buf);
+        let Some(end) = text.find("\r\n\r\n") else {
+            return false;
+        };
+        let len = text[..end]
+            .lines()
+            .find_map(|l| {
+                let (name, value) = l.split_once(':')?;
+                name.eq_ignore_ascii_case("content-length")
+                    .then(|| value.trim().parse::<usize>().ok())?
+            })
+            .unwrap_or(0);
+        buf.len() >= end + 4 + len
+    };
+    let read = async {
+        let mut chunk = [0u8; 4096];
+        while !complete(&buf) {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "the connection closed mid-response");
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(DEADLINE, read)
+        .await
+        .expect("no whole response");
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// `max_requests_per_connection` and `max_connection_age` over HTTP/1.1: the last response
+/// says `Connection: close` and the gateway closes after it; the requests before it keep the
+/// connection.
+#[tokio::test]
+async fn a_connection_ends_after_max_requests_or_max_age() {
+    let up = TestUpstream::start("a", false).await;
+    let text = format!(
+        r#"
+[listeners.few]
+listen = "127.0.0.1:0"
+max_requests_per_connection = 3
+
+[listeners.aged]
+listen = "127.0.0.1:0"
+max_connection_age = "300ms"
+
+[upstreams.api]
+{members}
+
+[[routes]]
+upstream = "api"
+"#,
+        members = members(&[&up])
+    );
+    let gw = TestGateway::start(&text).await;
+    // Four pipelined requests: three are answered, the third with `Connection: close`, then
+    // the connection ends and the fourth is never read.
+    let mut s = TcpStream::connect(gw.addr("few")).await.unwrap();
+    s.write_all(&b"GET /p HTTP/1.1\r\nHost: x\r\n\r\n".repeat(4))
+        .await
+        .unwrap();
+    let r = read_all(&mut s).await;
+    let responses: Vec<&str> = r.split("HTTP/1.1 ").skip(1).collect();
+    assert_eq!(responses.len(), 3, "{r}");
+    for (i, resp) in responses.iter().enumerate() {
+        assert!(resp.starts_with("200 OK"), "{r}");
+        let closes = resp.to_ascii_lowercase().contains("connection: close");
+        assert_eq!(closes, i == 2, "response {i}: {resp}");
+    }
+    assert_eq!(up.hits(), 3);
+    // A new connection gets three more.
+    let mut s = TcpStream::connect(gw.addr("few")).await.unwrap();
+    s.write_all(b"GET /q HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert_eq!(up.hits(), 4);
+
+    // By age: the first request keeps the connection, the first one after 300 ms is its last.
+    let mut s = TcpStream::connect(gw.addr("aged")).await.unwrap();
+    s.write_all(b"GET /young HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_response(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert!(!r.to_ascii_lowercase().contains("connection: close"), "{r}");
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    s.write_all(b"GET /old HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let r = read_all(&mut s).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "{r}");
+    assert!(r.to_ascii_lowercase().contains("connection: close"), "{r}");
+    assert_eq!(r.matches("HTTP/1.1 ").count(), 1, "{r}");
+    assert_eq!(up.hits(), 6);
 }

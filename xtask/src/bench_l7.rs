@@ -518,13 +518,16 @@ listen = "127.0.0.1:{metrics}"
 
 [listeners.http]
 listen = "127.0.0.1:{http}"
+max_requests_per_connection = 1000000
 
 [listeners.h2c]
 listen = "127.0.0.1:{h2c}"
+max_requests_per_connection = 1000000
 
 [listeners.tls]
 listen = "127.0.0.1:{tls}"
 http2 = false
+max_requests_per_connection = 1000000
 [listeners.tls.tls]
 certificates = [{{ cert_file = "{dir}/cert.pem", key_file = "{dir}/key.pem" }}]
 

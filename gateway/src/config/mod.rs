@@ -125,6 +125,13 @@ pub struct ListenerConfig {
     /// Longest wait for the client to take more of a response.
     pub send_timeout: Duration,
     pub idle_timeout: Duration,
+    /// A connection's last request is its `max_requests_per_connection`th, or the first
+    /// after it is `max_connection_age` old (HTTP/1: `Connection: close` on that response;
+    /// HTTP/2: GOAWAY). Long-lived keep-alives thus move to other nodes after a scale-out.
+    pub max_requests_per_connection: u64,
+    pub max_connection_age: Duration,
+    /// HTTP/2: streams a client may have open at once on one connection.
+    pub max_concurrent_streams: u32,
     pub tls: Option<TlsConfig>,
 }
 

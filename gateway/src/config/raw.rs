@@ -51,6 +51,9 @@ pub struct RawListener {
     pub body_timeout: Option<String>,
     pub send_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub max_requests_per_connection: Option<i64>,
+    pub max_connection_age: Option<String>,
+    pub max_concurrent_streams: Option<i64>,
     pub tls: Option<RawTls>,
 }
 

@@ -28,6 +28,9 @@ fn minimal_config_gets_defaults() {
     let l = &c.listeners["web"];
     assert_eq!(l.max_header_bytes, 16 * 1024);
     assert!(l.http2);
+    assert_eq!(l.max_requests_per_connection, 1000);
+    assert_eq!(l.max_connection_age, Duration::from_secs(3600));
+    assert_eq!(l.max_concurrent_streams, 128);
     let u = &c.upstreams["api"];
     assert_eq!(u.algorithm, Algorithm::RoundRobin);
     assert_eq!(u.retry.budget_percent, 20);
@@ -57,6 +60,9 @@ listen = "nope"
 max_body_bytes = -1
 body_timeout = "soon"
 send_timeout = "1 fortnight"
+max_requests_per_connection = 0
+max_connection_age = "old"
+max_concurrent_streams = 100001
 
 [upstreams.api]
 algorithm = "random"
@@ -77,6 +83,9 @@ methods = ["G E T"]
         "listeners.web.max_body_bytes:",
         "listeners.web.body_timeout:",
         "listeners.web.send_timeout:",
+        "listeners.web.max_requests_per_connection: must be > 0",
+        "listeners.web.max_connection_age:",
+        "listeners.web.max_concurrent_streams: must be between 1 and 100000",
         "upstreams.api.algorithm:",
         "upstreams.api.read_timeout:",
         "upstreams.api.tunnel_idle_timeout:",

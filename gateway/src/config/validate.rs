@@ -239,6 +239,25 @@ fn listener(
         l.idle_timeout.as_ref(),
         Duration::from_secs(60),
     );
+    let max_requests_per_connection = errs.int_in(
+        &format!("{path}.max_requests_per_connection"),
+        l.max_requests_per_connection,
+        1000,
+        1,
+        u64::from(u32::MAX),
+    );
+    let max_connection_age = errs.duration(
+        &format!("{path}.max_connection_age"),
+        l.max_connection_age.as_ref(),
+        Duration::from_secs(3600),
+    );
+    let max_concurrent_streams = errs.int_in(
+        &format!("{path}.max_concurrent_streams"),
+        l.max_concurrent_streams,
+        128,
+        1,
+        100_000,
+    );
     let tls = l.tls.map(|t| {
         let tpath = format!("{path}.tls");
         if t.certificates.is_empty() {
@@ -292,6 +311,9 @@ fn listener(
         body_timeout,
         send_timeout,
         idle_timeout,
+        max_requests_per_connection,
+        max_connection_age,
+        max_concurrent_streams: u32_from(max_concurrent_streams),
         tls,
     })
 }
