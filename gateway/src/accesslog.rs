@@ -100,7 +100,8 @@ pub struct AccessLine<'a> {
     pub bytes_sent: u64,
     pub complete: bool,
     pub duration: Duration,
-    pub ttfb: Duration,
+    /// `None`: no response was sent (the client went away first).
+    pub ttfb: Option<Duration>,
     pub error: Option<&'a str>,
     pub error_origin: Option<&'a str>,
 }
@@ -152,7 +153,10 @@ impl AccessLine<'_> {
         });
         json_millis(out, self.duration);
         out.extend_from_slice(b",\"ttfb_ms\":");
-        json_millis(out, self.ttfb);
+        match self.ttfb {
+            Some(t) => json_millis(out, t),
+            None => out.extend_from_slice(b"null"),
+        }
         out.extend_from_slice(b",\"error\":");
         json_opt(out, self.error);
         out.extend_from_slice(b",\"error_origin\":");
@@ -572,7 +576,7 @@ mod tests {
             bytes_sent: 12,
             complete: true,
             duration: Duration::from_micros(250),
-            ttfb: Duration::from_micros(1_125_007),
+            ttfb: Some(Duration::from_micros(1_125_007)),
             error: None,
             error_origin: None,
         }

@@ -45,6 +45,9 @@ pub struct ConnFacts {
     /// `peer` as text, made on first use (the access log) and then shared by the
     /// connection's requests.
     peer_text: OnceLock<Box<str>>,
+    /// Why the gateway cut the connection, when it did (a response cut by that close says
+    /// so in the access log).
+    cut: OnceLock<&'static str>,
     /// Keeps the connection counted (its `max_connections` slot and the active-connection
     /// gauge) for as long as a clone lives, so a tunnel that outlives the HTTP connection
     /// still counts.
@@ -72,8 +75,19 @@ impl ConnInfo {
             forwarded: Arc::from(forwarded),
             host_values: Mutex::default(),
             peer_text: OnceLock::new(),
+            cut: OnceLock::new(),
             hold,
         }))
+    }
+
+    /// Notes why the gateway is cutting the connection (the first reason stays).
+    pub fn cut(&self, reason: &'static str) {
+        let _first = self.cut.set(reason);
+    }
+
+    /// Why the gateway cut the connection, if it did.
+    pub fn cut_reason(&self) -> Option<&'static str> {
+        self.cut.get().copied()
     }
 
     /// `X-Forwarded-Host` and this hop's `Forwarded` element (`for=...;proto=...;host=...`)

@@ -15,7 +15,7 @@ use http::{HeaderValue, Request, Response, header};
 use tower::{Layer, Service};
 
 use crate::accesslog::{AccessLine, AccessLog, RequestLog};
-use crate::body::{self, ResponseBody, TrackedBody};
+use crate::body::{self, BodyOutcome, ResponseBody, TrackedBody};
 use crate::config::RouteConfig;
 use crate::conn::ConnInfo;
 use crate::error::ProxyError;
@@ -307,14 +307,32 @@ where
 
 pin_project_lite::pin_project! {
     /// The future of [`Observe`]: the inner future in the request's span, then the response
-    /// with its body tracked.
+    /// with its body tracked. Dropped before the response (the client went away: HTTP/1
+    /// connection closed, HTTP/2 stream reset), the request is counted and logged as
+    /// [`CLIENT_CLOSED_REQUEST`].
     pub struct ObserveFuture<F> {
         #[pin]
         inner: F,
         span: tracing::Span,
         done: Option<ObserveDone>,
     }
+
+    impl<F> PinnedDrop for ObserveFuture<F> {
+        fn drop(this: Pin<&mut Self>) {
+            if let Some(done) = this.project().done.take() {
+                done.abandoned();
+            }
+        }
+    }
 }
+
+/// The status a request abandoned by its client before the response is counted and logged
+/// with (NGINX's "client closed request"); no client ever receives it.
+pub const CLIENT_CLOSED_REQUEST: u16 = 499;
+
+/// The access log's `error` for an abandoned request (unless the gateway cut the connection,
+/// which says why).
+const CLIENT_WENT_AWAY: &str = "the client went away before the response";
 
 /// What [`Observe`] keeps from the request for the end of the response.
 struct ObserveDone {
@@ -352,6 +370,29 @@ where
 impl ObserveDone {
     /// The response with its body tracked: metrics and the access-log line when it ends.
     fn finish(self, res: Response<ResponseBody>) -> Response<ResponseBody> {
+        // Time to first byte goes only into the access log: no clock read without it.
+        let ttfb = if self.access.is_some() {
+            self.start.elapsed()
+        } else {
+            std::time::Duration::ZERO
+        };
+        let status = res.status().as_u16();
+        let (parts, inner) = res.into_parts();
+        let body = TrackedBody::new(inner, move |outcome| {
+            self.end(status, Some(ttfb), &outcome);
+        });
+        Response::from_parts(parts, body::boxed(body))
+    }
+
+    /// The request was dropped before its response: the client went away.
+    fn abandoned(self) {
+        let outcome = BodyOutcome::default();
+        self.end(CLIENT_CLOSED_REQUEST, None, &outcome);
+    }
+
+    /// The request ended (its response body, or the request before a response): metrics and
+    /// the access line. `ttfb` is `None` when no response was sent.
+    fn end(self, status: u16, ttfb: Option<std::time::Duration>, outcome: &BodyOutcome) {
         let Self {
             start,
             log,
@@ -361,69 +402,70 @@ impl ObserveDone {
             state,
             in_flight,
         } = self;
-        // Time to first byte goes only into the access log: no clock read without it.
-        let ttfb = if access.is_some() {
-            start.elapsed()
-        } else {
-            std::time::Duration::ZERO
-        };
-        let status = res.status().as_u16();
-        let (parts, inner) = res.into_parts();
-        let body = TrackedBody::new(inner, move |outcome| {
-            drop(in_flight);
-            if outcome.read_timed_out {
-                state.metrics.timeouts.read.inc();
-            }
-            let fields = log.fields();
-            let listener = conn.as_ref().map_or("-", |c| &*c.listener);
-            let elapsed = start.elapsed();
-            state.record(
+        drop(in_flight);
+        if outcome.read_timed_out {
+            state.metrics.timeouts.read.inc();
+        }
+        let fields = log.fields();
+        let listener = conn.as_ref().map_or("-", |c| &*c.listener);
+        let elapsed = start.elapsed();
+        state.record(
+            listener,
+            fields.route.as_ref(),
+            &method,
+            status_class(status),
+            elapsed,
+        );
+        if let Some(access) = access {
+            // Why the client got less than the response: the gateway cut the connection,
+            // or (no response at all) the client went away.
+            let cut = if outcome.complete {
+                None
+            } else {
+                conn.as_ref()
+                    .and_then(|c| c.cut_reason())
+                    .or((ttfb.is_none()).then_some(CLIENT_WENT_AWAY))
+            };
+            let request_id = access.request_id.as_ref().map(lossy);
+            // The trace sent upstream (it may be a new one), else the client's.
+            let trace_id = fields
+                .traceparent
+                .as_ref()
+                .or(access.traceparent.as_ref())
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::trace::trace_id);
+            let host = match access.uri.authority() {
+                Some(a) => Some(std::borrow::Cow::Borrowed(a.as_str())),
+                None => access.host_header.as_ref().map(lossy),
+            };
+            state.access_log_output.write(&AccessLine {
+                request_id: request_id.as_deref().unwrap_or(""),
+                trace_id,
                 listener,
-                fields.route.as_ref(),
-                &method,
-                status_class(status),
-                elapsed,
-            );
-            if let Some(access) = access {
-                let request_id = access.request_id.as_ref().map(lossy);
-                // The trace sent upstream (it may be a new one), else the client's.
-                let trace_id = fields
-                    .traceparent
-                    .as_ref()
-                    .or(access.traceparent.as_ref())
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(crate::trace::trace_id);
-                let host = match access.uri.authority() {
-                    Some(a) => Some(std::borrow::Cow::Borrowed(a.as_str())),
-                    None => access.host_header.as_ref().map(lossy),
-                };
-                state.access_log_output.write(&AccessLine {
-                    request_id: request_id.as_deref().unwrap_or(""),
-                    trace_id,
-                    listener,
-                    client_addr: conn.as_ref().map_or("-", ConnInfo::peer_text),
-                    method: method.as_str(),
-                    host: host.as_deref(),
-                    path: access.uri.path(),
-                    protocol: access.protocol,
-                    status,
-                    route: fields.route.as_ref().map(|r| r.name.as_str()),
-                    upstream: fields.upstream.as_ref().map(|u| u.config.name.as_str()),
-                    member: fields.member.as_ref().map(|m| m.address.as_str()),
-                    attempts: fields.attempts,
-                    bytes_sent: outcome.bytes,
-                    complete: outcome.complete,
-                    duration: elapsed,
-                    ttfb,
-                    // An error that became the response, else one that cut its body.
-                    error: fields.error.as_deref().or(outcome.error.as_deref()),
-                    error_origin: fields
-                        .error_origin
-                        .or(outcome.error.as_ref().map(|_| "upstream")),
-                });
-            }
-        });
-        Response::from_parts(parts, body::boxed(body))
+                client_addr: conn.as_ref().map_or("-", ConnInfo::peer_text),
+                method: method.as_str(),
+                host: host.as_deref(),
+                path: access.uri.path(),
+                protocol: access.protocol,
+                status,
+                route: fields.route.as_ref().map(|r| r.name.as_str()),
+                upstream: fields.upstream.as_ref().map(|u| u.config.name.as_str()),
+                member: fields.member.as_ref().map(|m| m.address.as_str()),
+                attempts: fields.attempts,
+                bytes_sent: outcome.bytes,
+                complete: outcome.complete,
+                duration: elapsed,
+                ttfb,
+                // An error that became the response, else one that cut its body (on its
+                // way in: the member's side; on its way out: the gateway cut the client
+                // off).
+                error: fields.error.as_deref().or(outcome.error.as_deref()).or(cut),
+                error_origin: fields
+                    .error_origin
+                    .or(outcome.error.as_ref().map(|_| "upstream"))
+                    .or(cut.map(|_| "client")),
+            });
+        }
     }
 }
 

@@ -38,6 +38,11 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// change of that default cannot lift it.
 const H2_MAX_PENDING_RESETS: usize = 20;
 
+/// The access log's `error` for a response cut because its client took nothing of it for
+/// `send_timeout`, and for one cut because its HTTP/2 client ignored GOAWAY.
+const SEND_TIMEOUT_CUT: &str = "the client took nothing of the response for send_timeout";
+const ABORT_CUT: &str = "the client went on opening streams after GOAWAY";
+
 /// Live state of one client connection, shared by its IO wrapper, its requests and its
 /// watchdog. The stamps are [`clock::coarse_millis`] values (0: not set), compared only with
 /// timeouts of seconds.
@@ -481,6 +486,7 @@ async fn serve_http<S>(
     // One stack per connection, called in place (never borrowed across an await): cloning it
     // per request and going through `oneshot` moved the request three more times.
     let stack = std::cell::RefCell::new(shared.service_stack());
+    let facts = conn.clone();
     let svc_state = Arc::clone(&state);
     // The watchdog's mailbox; the service posts to it too (HTTP/2's last request).
     let control = Arc::new(Control::default());
@@ -580,10 +586,12 @@ async fn serve_http<S>(
                 command = std::future::poll_fn(|cx| control.poll_command(cx)) => {
                     if command == Command::SendTimeout {
                         shared.metrics.timeouts.send.inc();
+                        facts.cut(SEND_TIMEOUT_CUT);
                         tracing::debug!("the client took nothing for send_timeout: closed");
                         return;
                     }
                     if command == Command::Abort {
+                        facts.cut(ABORT_CUT);
                         tracing::debug!("the client ignored GOAWAY: closed");
                         return;
                     }
@@ -632,6 +640,7 @@ async fn serve_http<S>(
                 }
                 Command::SendTimeout => {
                     shared.metrics.timeouts.send.inc();
+                    facts.cut(SEND_TIMEOUT_CUT);
                     tracing::debug!("the client took nothing for send_timeout: closed");
                     return;
                 }

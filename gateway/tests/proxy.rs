@@ -275,3 +275,66 @@ async fn a_request_without_host_reaches_the_member_with_its_address_as_host() {
     assert_eq!(hosts, [up.addr.to_string().as_str()]);
     assert!(seen.1.get("x-forwarded-host").is_none());
 }
+
+/// A request whose client goes away before the response (HTTP/1: the connection closes;
+/// HTTP/2: the stream is reset) is still counted and logged, as NGINX's 499.
+#[tokio::test]
+async fn a_request_its_client_abandons_is_counted_and_logged_as_499() {
+    use tokio::io::AsyncWriteExt;
+    let up = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&up)).await;
+    let find = |path: &'static str| {
+        let gw = &gw;
+        async move {
+            let mut line = None;
+            eventually(&format!("the access line of {path}"), || {
+                line = gw.access_lines().into_iter().find(|l| l["path"] == path);
+                std::future::ready(line.is_some())
+            })
+            .await;
+            line.unwrap()
+        }
+    };
+    // HTTP/1.1: the client closes its connection while the member holds the request.
+    let mut s = tokio::net::TcpStream::connect(gw.addr("web"))
+        .await
+        .unwrap();
+    s.write_all(b"GET /api/hold1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    up.wait_held(1).await;
+    drop(s);
+    let line = find("/api/hold1").await;
+    // HTTP/2: the client resets the stream (hyper's client does when the response future is
+    // dropped).
+    let c = h2c_client();
+    let pending = tokio::spawn({
+        let url = gw.url("web", "/api/hold2");
+        async move { get(&c, &url).await }
+    });
+    up.wait_held(2).await;
+    pending.abort();
+    let line2 = find("/api/hold2").await;
+    for (l, protocol) in [(&line, "HTTP/1.1"), (&line2, "HTTP/2.0")] {
+        assert_eq!(l["status"], 499, "{l}");
+        assert_eq!(l["protocol"], protocol, "{l}");
+        assert_eq!(l["complete"], false, "{l}");
+        assert_eq!(l["bytes_sent"], 0, "{l}");
+        assert!(l["ttfb_ms"].is_null(), "{l}");
+        assert_eq!(l["route"], "api", "{l}");
+        assert_eq!(l["upstream"], "api", "{l}");
+        assert_eq!(
+            l["error"], "the client went away before the response",
+            "{l}"
+        );
+        assert_eq!(l["error_origin"], "client", "{l}");
+    }
+    let (_, _, metrics) = get(&client(), &gw.admin_url("/metrics")).await;
+    let want = "lb_gateway_requests_total{listener=\"web\",method=\"GET\",route=\"api\",status_class=\"4xx\"} 2";
+    assert!(metrics.contains(want), "missing {want} in\n{metrics}");
+    assert!(
+        metrics.contains("lb_gateway_in_flight_requests 0"),
+        "{metrics}"
+    );
+    up.state.release.notify_waiters();
+}

@@ -322,6 +322,21 @@ async fn an_h2_client_that_stops_reading_a_stream_is_closed_after_send_timeout()
         }
     };
     assert!(ended_early, "the whole body came through");
+    // The access line says the gateway cut the response, and why.
+    let mut lines = Vec::new();
+    eventually("the access line", || {
+        lines = gw.access_lines();
+        std::future::ready(!lines.is_empty())
+    })
+    .await;
+    let line = &lines[0];
+    assert_eq!(line["status"], 200, "{line}");
+    assert_eq!(line["complete"], false, "{line}");
+    assert_eq!(
+        line["error"], "the client took nothing of the response for send_timeout",
+        "{line}"
+    );
+    assert_eq!(line["error_origin"], "client", "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
