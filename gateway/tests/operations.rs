@@ -210,8 +210,10 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     .await;
     a.state.release.notify_waiters();
     for r in inflight {
-        let (status, _, body) = r.await.unwrap();
+        let (status, headers, body) = r.await.unwrap();
         assert_eq!((status, body.as_str()), (StatusCode::OK, "a /hold 0"));
+        // The connection closes after it, and the response says so.
+        assert_eq!(headers["connection"], "close", "{headers:?}");
     }
     let report = draining.await.unwrap();
     assert_eq!(report.remaining_connections, 0);
