@@ -1,6 +1,10 @@
 //! Service discovery by DNS: a member with `discover = true` stands for every address its
 //! `host:port` resolves to (the system resolver: `/etc/hosts`, then DNS, as `nsswitch.conf`
-//! says), one pool member each, resolved again every `global.dns_refresh`.
+//! says), one pool member each, resolved again every `global.dns_refresh`. A name of the form
+//! `_service._proto.domain` (no port) is looked up as SRV records instead (`hickory-resolver`,
+//! configured from `/etc/resolv.conf`: the system resolver has no SRV lookup): each target of
+//! the lowest priority, at its address (from the answer's additional section, else the system
+//! resolver) and the record's port, with the record's weight.
 //!
 //! Resolution never runs on a request's path. At start the gateway resolves every name before
 //! it serves; a reload (on a blocking thread) resolves the names new to the config and keeps
@@ -10,27 +14,42 @@
 //! that went away finish on the old snapshot). A failed or empty answer keeps the previous
 //! one, so a DNS outage does not empty a pool.
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use hickory_resolver::proto::rr::{Name, RData, Record};
+
+use crate::config::is_srv_name;
 use crate::server::Shared;
-use crate::snapshot::Resolved;
+use crate::snapshot::{Found, Resolved};
 
 /// Longest wait for one name at start, in the background refresh and in a reload.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sorted, without duplicates, so that answers compare equal whatever the resolver's order.
-fn normalise(mut addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
-    addrs.sort_unstable();
-    addrs.dedup();
-    addrs
+/// Sorted, without duplicates (an address once, with its first weight), so that answers
+/// compare equal whatever the resolver's order.
+fn normalise(mut found: Vec<Found>) -> Vec<Found> {
+    found.sort_unstable();
+    found.dedup_by_key(|f| f.addr);
+    found
 }
 
-/// Resolves `name` (`host:port`) without blocking the runtime.
-pub async fn resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
-    match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name)).await {
-        Ok(found) => Ok(normalise(found?.collect())),
+/// Resolves `name` (`host:port`, or an SRV name) without blocking the runtime.
+pub async fn resolve(name: &str) -> std::io::Result<Vec<Found>> {
+    let lookup = async {
+        if is_srv_name(name) {
+            resolve_srv(name).await
+        } else {
+            Ok(tokio::net::lookup_host(name)
+                .await?
+                .map(Found::from)
+                .collect())
+        }
+    };
+    match tokio::time::timeout(RESOLVE_TIMEOUT, lookup).await {
+        Ok(found) => Ok(normalise(found?)),
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
             format!("no answer within {RESOLVE_TIMEOUT:?}"),
@@ -38,13 +57,99 @@ pub async fn resolve(name: &str) -> std::io::Result<Vec<SocketAddr>> {
     }
 }
 
-/// Resolves `name` on the calling thread (a reload runs on a blocking thread).
-pub fn resolve_blocking(name: &str) -> std::io::Result<Vec<SocketAddr>> {
-    Ok(normalise(name.to_socket_addrs()?.collect()))
+/// Resolves `name` on the calling thread (a reload runs on a blocking thread; an SRV lookup
+/// gets a runtime of its own there).
+pub fn resolve_blocking(name: &str) -> std::io::Result<Vec<Found>> {
+    if is_srv_name(name) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        return runtime.block_on(resolve(name));
+    }
+    Ok(normalise(
+        name.to_socket_addrs()?.map(Found::from).collect(),
+    ))
+}
+
+/// One target of an SRV answer.
+#[derive(Debug, PartialEq, Eq)]
+struct Target {
+    host: Name,
+    port: u16,
+    weight: NonZeroU32,
+}
+
+/// The targets a client should use (RFC 2782): those of the lowest priority, without the
+/// "no service here" target `.` and port 0. A weight of 0 (rarely picked, says the RFC) counts
+/// as 1, and weights are capped at the members' maximum, 10000.
+fn srv_targets(answers: &[Record]) -> Vec<Target> {
+    let srvs: Vec<_> = answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) if !srv.target.is_root() && srv.port != 0 => Some(srv),
+            _ => None,
+        })
+        .collect();
+    let Some(lowest) = srvs.iter().map(|s| s.priority).min() else {
+        return Vec::new();
+    };
+    srvs.into_iter()
+        .filter(|s| s.priority == lowest)
+        .map(|s| Target {
+            host: s.target.clone(),
+            port: s.port,
+            weight: NonZeroU32::new(u32::from(s.weight).clamp(1, 10_000))
+                .unwrap_or(NonZeroU32::MIN),
+        })
+        .collect()
+}
+
+/// The addresses the answer's additional section gives for `host`.
+fn addresses_of(host: &Name, additionals: &[Record]) -> Vec<IpAddr> {
+    additionals
+        .iter()
+        .filter(|r| r.name == *host)
+        .filter_map(|r| match &r.data {
+            RData::A(a) => Some(IpAddr::V4(a.0)),
+            RData::AAAA(a) => Some(IpAddr::V6(a.0)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The members an SRV name stands for. The resolver is made afresh from `/etc/resolv.conf`
+/// each time (a lookup every `dns_refresh` at most; it follows edits of that file).
+async fn resolve_srv(name: &str) -> std::io::Result<Vec<Found>> {
+    let resolver = hickory_resolver::TokioResolver::builder_tokio()
+        .and_then(|b| b.build())
+        .map_err(std::io::Error::other)?;
+    let lookup = resolver
+        .srv_lookup(name)
+        .await
+        .map_err(std::io::Error::other)?;
+    let mut found = Vec::new();
+    for target in srv_targets(lookup.answers()) {
+        let mut ips = addresses_of(&target.host, lookup.additionals());
+        if ips.is_empty() {
+            let host = target.host.to_ascii();
+            let host = host.trim_end_matches('.');
+            match tokio::net::lookup_host((host, target.port)).await {
+                Ok(addrs) => ips = addrs.map(|a| a.ip()).collect(),
+                Err(e) => {
+                    tracing::warn!(name, target = host, error = %e, "discover: cannot resolve an SRV target");
+                }
+            }
+        }
+        found.extend(ips.into_iter().map(|ip| Found {
+            addr: SocketAddr::new(ip, target.port),
+            weight: Some(target.weight),
+        }));
+    }
+    Ok(found)
 }
 
 /// Keeps a usable answer; logs why one is not.
-fn usable(name: &str, answer: std::io::Result<Vec<SocketAddr>>) -> Option<Vec<SocketAddr>> {
+fn usable(name: &str, answer: std::io::Result<Vec<Found>>) -> Option<Vec<Found>> {
     match answer {
         Ok(addrs) if !addrs.is_empty() => Some(addrs),
         Ok(_) => {
@@ -159,23 +264,72 @@ mod tests {
     /// Only names from `/etc/hosts` (`localhost`): a unit test sends no DNS query.
     #[test]
     fn a_reload_keeps_known_answers_and_resolves_new_names() {
-        let kept: Vec<SocketAddr> = vec!["10.1.2.3:80".parse().unwrap()];
+        let kept: Vec<Found> = vec![Found::from("10.1.2.3:80".parse::<SocketAddr>().unwrap())];
         let current = Resolved::from([("kept.test:80".to_owned(), kept.clone())]);
         let r = for_reload(
             ["kept.test:80".to_owned(), "localhost:8080".to_owned()],
             &current,
         );
         assert_eq!(r["kept.test:80"], kept);
-        assert!(
-            r["localhost:8080"].contains(&"127.0.0.1:8080".parse().unwrap()),
-            "{r:?}"
-        );
+        let local: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(r["localhost:8080"].contains(&Found::from(local)), "{r:?}");
     }
 
     #[test]
     fn answers_compare_whatever_the_resolver_order() {
-        let a: SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let b: SocketAddr = "10.0.0.2:80".parse().unwrap();
+        let a = Found::from("10.0.0.1:80".parse::<SocketAddr>().unwrap());
+        let b = Found::from("10.0.0.2:80".parse::<SocketAddr>().unwrap());
         assert_eq!(normalise(vec![b, a, b]), normalise(vec![a, b]));
+    }
+
+    fn srv(priority: u16, weight: u16, port: u16, target: &str) -> Record {
+        use hickory_resolver::proto::rr::rdata::SRV;
+        Record::from_rdata(
+            Name::from_ascii("_http._tcp.svc.test.").unwrap(),
+            30,
+            RData::SRV(SRV::new(
+                priority,
+                weight,
+                port,
+                Name::from_ascii(target).unwrap(),
+            )),
+        )
+    }
+
+    /// RFC 2782: only the lowest priority is used; `.` and port 0 are no targets; weights
+    /// become member weights (0 counts as 1, capped at 10000).
+    #[test]
+    fn srv_answers_give_the_lowest_prioritys_targets_with_their_weights() {
+        let answers = [
+            srv(20, 5, 8080, "backup.svc.test."),
+            srv(10, 0, 8081, "a.svc.test."),
+            srv(10, 60000, 8082, "b.svc.test."),
+            srv(10, 3, 8083, "."),
+            srv(10, 3, 0, "c.svc.test."),
+            srv(5, 1, 8084, "."),
+        ];
+        let t = srv_targets(&answers);
+        let got: Vec<(String, u16, u32)> = t
+            .iter()
+            .map(|t| (t.host.to_ascii(), t.port, t.weight.get()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a.svc.test.".to_owned(), 8081, 1),
+                ("b.svc.test.".to_owned(), 8082, 10_000),
+            ]
+        );
+        assert!(srv_targets(&[srv(0, 0, 80, ".")]).is_empty());
+        let a = Record::from_rdata(
+            Name::from_ascii("a.svc.test.").unwrap(),
+            30,
+            RData::A(hickory_resolver::proto::rr::rdata::A::new(10, 0, 0, 1)),
+        );
+        assert_eq!(
+            addresses_of(&t[0].host, &[a.clone(), answers[0].clone()]),
+            [IpAddr::from([10, 0, 0, 1])]
+        );
+        assert!(addresses_of(&t[1].host, &[a]).is_empty());
     }
 }

@@ -242,7 +242,7 @@ impl Shared {
         if merged == *current.resolved {
             return;
         }
-        let changed: Vec<(String, Vec<SocketAddr>)> = merged
+        let changed: Vec<(String, Vec<crate::snapshot::Found>)> = merged
             .iter()
             .filter(|(name, addrs)| current.resolved.get(*name) != Some(*addrs))
             .map(|(name, addrs)| (name.clone(), addrs.clone()))

@@ -22,8 +22,33 @@ use crate::upstream::Upstream;
 /// short keys.
 pub type NameMap<V> = HashMap<String, V, fnv::FnvBuildHasher>;
 
-/// The addresses each `discover` member's `host:port` resolved to (sorted, no duplicates).
-pub type Resolved = BTreeMap<String, Vec<SocketAddr>>;
+/// The addresses each `discover` member's name resolved to (sorted, no duplicates).
+pub type Resolved = BTreeMap<String, Vec<Found>>;
+
+/// One address a `discover` name resolved to: an A/AAAA answer (with the entry's port), or a
+/// target of an SRV answer (with the record's port and weight).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Found {
+    pub addr: SocketAddr,
+    /// The SRV record's weight (1..=10000); `None`: the member entry's `weight`.
+    pub weight: Option<std::num::NonZeroU32>,
+}
+
+impl From<SocketAddr> for Found {
+    fn from(addr: SocketAddr) -> Self {
+        Self { addr, weight: None }
+    }
+}
+
+/// `10.0.0.5:8080`, or `10.0.0.5:8080 weight 3` for an SRV target (as logged).
+impl std::fmt::Debug for Found {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.weight {
+            None => write!(f, "{}", self.addr),
+            Some(w) => write!(f, "{} weight {w}", self.addr),
+        }
+    }
+}
 
 /// Per-listener runtime data.
 #[derive(Debug)]

@@ -6,7 +6,7 @@
 //! Needs root (`unshare --mount`); `LB_SKIP_PRIVILEGED=1` skips it, loudly.
 
 // The helpers below are test code outside #[test] functions.
-#![allow(clippy::unwrap_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
@@ -61,6 +61,29 @@ fn with_resolver(
         .arg(if command == "run" { "--config" } else { "" })
         .arg(config);
     cmd
+}
+
+/// `lb-gateway run` as [`with_resolver`] starts it, its stdout in `dir/gateway.out`, once it
+/// listens on `listen`.
+async fn run_gateway(
+    dir: &TempDir,
+    hosts: &std::path::Path,
+    resolv: &std::path::Path,
+    config: &std::path::Path,
+    listen: std::net::SocketAddr,
+) -> tokio::process::Child {
+    let mut gateway = tokio::process::Command::from(with_resolver(hosts, resolv, "run", config))
+        .stdout(std::fs::File::create(dir.0.join("gateway.out")).unwrap())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("unshare (util-linux) runs");
+    let deadline = Instant::now() + DEADLINE;
+    while tokio::net::TcpStream::connect(listen).await.is_err() {
+        assert!(Instant::now() < deadline, "the gateway did not listen");
+        assert!(gateway.try_wait().unwrap().is_none(), "the gateway exited");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway
 }
 
 /// A resolver setup that never leaves loopback: `hosts` as given, DNS asked of 127.0.0.1 only
@@ -136,17 +159,8 @@ upstream = "svc"
             r#"{{ address = "svc.test:{port}", discover = true }}"#
         )),
     );
-    let mut gateway = tokio::process::Command::from(with_resolver(&hosts, &resolv, "run", &config))
-        .stdout(std::fs::File::create(dir.0.join("gateway.out")).unwrap())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("unshare (util-linux) runs");
+    let mut gateway = run_gateway(&dir, &hosts, &resolv, &config, listen).await;
     let deadline = Instant::now() + DEADLINE;
-    while tokio::net::TcpStream::connect(listen).await.is_err() {
-        assert!(Instant::now() < deadline, "the gateway did not listen");
-        assert!(gateway.try_wait().unwrap().is_none(), "the gateway exited");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     let url = format!("http://{listen}/");
 
     // The name's two addresses are two members, taken in turn.
@@ -325,4 +339,193 @@ upstream = "svc"
     let missing = line("discover: cannot resolve the name", "missing.test:8080");
     assert!(missing.contains("WARN"), "{missing}");
     assert!(err.contains("config is valid"), "{err}");
+}
+
+/// One SRV record the test's DNS server gives: priority, weight, port, target, and the
+/// target's address in the additional section (`None`: not sent; the gateway must look the
+/// target up itself, here in the hosts file).
+type SrvRecord = (u16, u16, u16, &'static str, Option<[u8; 4]>);
+
+/// A DNS server on `socket` (UDP) for the test: SRV queries for `_http._tcp.svc.test.` get
+/// `records` (as they are when the query comes), anything else an empty NOERROR answer.
+/// Counts the SRV queries.
+async fn srv_server(
+    socket: tokio::net::UdpSocket,
+    records: std::sync::Arc<std::sync::Mutex<Vec<SrvRecord>>>,
+    queries: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use hickory_proto::op::{Message, OpCode};
+    use hickory_proto::rr::rdata::{A, SRV};
+    use hickory_proto::rr::{Name, RData, Record, RecordType};
+    let service = Name::from_ascii("_http._tcp.svc.test.").unwrap();
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            return;
+        };
+        let Ok(query) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let mut answer = Message::response(query.metadata.id, OpCode::Query);
+        answer.metadata.recursion_desired = query.metadata.recursion_desired;
+        answer.metadata.recursion_available = true;
+        answer.metadata.authoritative = true;
+        for q in &query.queries {
+            answer.add_query(q.clone());
+            if q.query_type != RecordType::SRV || q.name != service {
+                continue;
+            }
+            queries.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            for &(priority, weight, port, target, ip) in records.lock().unwrap().iter() {
+                let target = Name::from_ascii(target).unwrap();
+                answer.add_answer(Record::from_rdata(
+                    service.clone(),
+                    1,
+                    RData::SRV(SRV::new(priority, weight, port, target.clone())),
+                ));
+                if let Some([a, b, c, d]) = ip {
+                    answer.add_additional(Record::from_rdata(
+                        target,
+                        1,
+                        RData::A(A::new(a, b, c, d)),
+                    ));
+                }
+            }
+        }
+        let Ok(bytes) = answer.to_vec() else {
+            continue;
+        };
+        let _sent = socket.send_to(&bytes, from).await;
+    }
+}
+
+/// An SRV name (`_http._tcp.svc.test`) as a `discover` member: the lowest priority's targets
+/// become members at the records' ports with the records' weights, addressed from the
+/// answer's additional section or, without one, the system resolver (the hosts file); a
+/// changed answer changes the members.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discover_srv_members_follow_the_records() {
+    if !privileged::require_root("discover_srv_members_follow_the_records") {
+        return;
+    }
+    // Three upstreams, each on a port of its own (SRV records carry the port).
+    let mut ups = Vec::new();
+    for (ip, name) in [("127.0.0.2", "a"), ("127.0.0.3", "b"), ("127.0.0.4", "c")] {
+        let socket = TcpListener::bind(format!("{ip}:0")).await.unwrap();
+        ups.push(TestUpstream::start_on(name, socket));
+    }
+    let port = |i: usize| ups[i].addr.port();
+    // a: address in the answer; b: only in the hosts file; c: a lower priority (unused).
+    let records = std::sync::Arc::new(std::sync::Mutex::new(vec![
+        (10, 1, port(0), "a.svc.test.", Some([127, 0, 0, 2])),
+        (10, 3, port(1), "b.svc.test.", None),
+        (20, 5, port(2), "c.svc.test.", Some([127, 0, 0, 4])),
+    ]));
+    let queries = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let dns = tokio::net::UdpSocket::bind("127.0.0.10:53").await.unwrap();
+    let server = tokio::spawn(srv_server(
+        dns,
+        std::sync::Arc::clone(&records),
+        std::sync::Arc::clone(&queries),
+    ));
+    let free = || {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let (listen, admin) = (free(), free());
+    let dir = TempDir::new();
+    let hosts = dir.write("hosts", "127.0.0.3 b.svc.test\n");
+    let resolv = dir.write(
+        "resolv.conf",
+        "nameserver 127.0.0.10\noptions timeout:1 attempts:1\n",
+    );
+    let config = dir.write(
+        "gw.toml",
+        &format!(
+            r#"
+[global]
+access_log = false
+dns_refresh = "200ms"
+
+[admin]
+listen = "{admin}"
+
+[listeners.web]
+listen = "{listen}"
+
+[upstreams.svc]
+algorithm = "weighted_round_robin"
+members = [{{ address = "_http._tcp.svc.test", discover = true }}]
+
+[[routes]]
+upstream = "svc"
+"#
+        ),
+    );
+    // check-config reports what the name stands for.
+    let out = with_resolver(&hosts, &resolv, "check-config", &config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let resolves = err
+        .lines()
+        .find(|l| l.contains("discover: the name resolves"))
+        .unwrap_or_else(|| panic!("{err}"));
+    assert!(
+        resolves.contains(&format!("127.0.0.2:{} weight 1", port(0)))
+            && resolves.contains(&format!("127.0.0.3:{} weight 3", port(1)))
+            && !resolves.contains("127.0.0.4"),
+        "{resolves}"
+    );
+
+    let mut gateway = run_gateway(&dir, &hosts, &resolv, &config, listen).await;
+    let deadline = Instant::now() + DEADLINE;
+    let url = format!("http://{listen}/");
+    // Weighted 1:3 between a and b; c (priority 20) gets nothing.
+    let seen = tally(&url, 40).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("a".to_owned(), 10), ("b".to_owned(), 30)]),
+        "weights 1 and 3 over the priority-10 targets"
+    );
+    let (_, _, upstreams) = get(&client(), &format!("http://{admin}/admin/upstreams")).await;
+    let v: serde_json::Value = serde_json::from_str(&upstreams).unwrap();
+    let weights: Vec<(String, u64)> = v["upstreams"]["svc"]["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["address"].as_str().unwrap().to_owned(),
+                m["weight"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            (format!("127.0.0.2:{}", port(0)), 1),
+            (format!("127.0.0.3:{}", port(1)), 3)
+        ],
+        "{upstreams}"
+    );
+
+    // The priority-10 targets go away: the priority-20 one takes over.
+    records.lock().unwrap().retain(|r| r.0 == 20);
+    let moved = loop {
+        assert!(
+            Instant::now() < deadline,
+            "requests never moved to the remaining target"
+        );
+        let seen = tally(&url, 10).await;
+        if seen.keys().eq(["c"]) {
+            break seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(moved["c"], 10);
+    assert!(queries.load(std::sync::atomic::Ordering::SeqCst) >= 3);
+    server.abort();
+    gateway.kill().await.unwrap();
 }

@@ -252,6 +252,19 @@ pub struct MemberConfig {
     pub discover: bool,
 }
 
+/// Whether a `discover` name asks for SRV records: `_service._proto.domain`, without a port.
+pub fn is_srv_name(name: &str) -> bool {
+    let mut labels = name.split('.');
+    !name.contains(':')
+        && labels
+            .next()
+            .is_some_and(|l| l.len() > 1 && l.starts_with('_'))
+        && labels
+            .next()
+            .is_some_and(|l| l.len() > 1 && l.starts_with('_'))
+        && labels.next().is_some_and(|l| !l.is_empty())
+}
+
 impl UpstreamConfig {
     /// The `host:port` names of this upstream's `discover` members.
     pub fn discovered_names(&self) -> impl Iterator<Item = &str> {

@@ -225,3 +225,47 @@ upstream = "api"
         "{e:#?}"
     );
 }
+
+#[test]
+fn srv_names_need_discover() {
+    let member = |line: &str| {
+        MINIMAL.replace(
+            "members = [{ address = \"127.0.0.1:9000\" }]",
+            &format!("members = [{line}]"),
+        )
+    };
+    let ok = parse(
+        &member("{ address = \"_http._tcp.api.example.com\", discover = true }"),
+        Path::new("gw.toml"),
+    )
+    .unwrap();
+    let m = &ok.upstreams["api"].members[0];
+    assert!(m.discover && is_srv_name(&m.address));
+    assert_eq!(
+        ok.discovered_names().into_iter().collect::<Vec<_>>(),
+        ["_http._tcp.api.example.com"]
+    );
+    assert_eq!(
+        errors(&member("{ address = \"_http._tcp.api.example.com\" }")),
+        vec![
+            "upstreams.api.members[0].discover: `_http._tcp.api.example.com` is an SRV name (no port): it needs `discover = true`"
+        ]
+    );
+    assert_eq!(
+        errors(&member("{ address = \"_http._tcp.a b\", discover = true }")),
+        vec![
+            "upstreams.api.members[0].address: `_http._tcp.a b` is not a DNS name (letters, digits, `-`, `_`, `.`)"
+        ]
+    );
+    // Not SRV names: a port, or one underscore label only.
+    assert!(!is_srv_name("_http._tcp.example.com:80"));
+    assert!(!is_srv_name("_http.example.com"));
+    assert!(!is_srv_name("_http._tcp"));
+    assert!(
+        errors(&member(
+            "{ address = \"_http.example.com\", discover = true }"
+        ))
+        .iter()
+        .any(|e| e.contains("is not `host:port`"))
+    );
+}

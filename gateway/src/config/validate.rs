@@ -444,14 +444,36 @@ fn upstream(
                 }
             },
         };
+        let discover = m.discover.unwrap_or(false);
         match m.address {
             None => errs.push(format!("{mpath}.address"), "is required (`host:port`)"),
+            Some(a) if super::is_srv_name(&a) => {
+                if !seen.insert(a.clone()) {
+                    errs.push(format!("{mpath}.address"), format!("`{a}` is listed twice"));
+                }
+                if !srv_name_ok(&a) {
+                    errs.push(
+                        format!("{mpath}.address"),
+                        format!("`{a}` is not a DNS name (letters, digits, `-`, `_`, `.`)"),
+                    );
+                }
+                if !discover {
+                    errs.push(
+                        format!("{mpath}.discover"),
+                        format!("`{a}` is an SRV name (no port): it needs `discover = true`"),
+                    );
+                }
+                members.push(MemberConfig {
+                    address: a,
+                    weight,
+                    discover,
+                });
+            }
             Some(a) => match member_address(&a) {
                 Ok(()) => {
                     if !seen.insert(a.clone()) {
                         errs.push(format!("{mpath}.address"), format!("`{a}` is listed twice"));
                     }
-                    let discover = m.discover.unwrap_or(false);
                     if discover && a.parse::<SocketAddr>().is_ok() {
                         errs.push(
                             format!("{mpath}.discover"),
@@ -587,6 +609,17 @@ fn upstream_tls(
 }
 
 /// A member address is `host:port` with a non-empty host and a valid, non-zero port.
+/// An SRV name's characters: DNS labels, `_` included (`_http._tcp.api.example.com`).
+fn srv_name_ok(a: &str) -> bool {
+    let a = a.strip_suffix('.').unwrap_or(a);
+    a.split('.').all(|label| {
+        !label.is_empty()
+            && label
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    })
+}
+
 fn member_address(a: &str) -> Result<(), String> {
     if a.parse::<SocketAddr>().is_ok() {
         return Ok(());

@@ -217,8 +217,9 @@ fn member_addresses(cfg: &UpstreamConfig, resolved: &Resolved) -> Vec<(String, u
     };
     for m in &cfg.members {
         if m.discover {
-            for addr in resolved.get(&m.address).into_iter().flatten() {
-                push(addr.to_string(), m.weight.get());
+            for found in resolved.get(&m.address).into_iter().flatten() {
+                let weight = found.weight.unwrap_or(m.weight);
+                push(found.addr.to_string(), weight.get());
             }
         } else {
             push(m.address.clone(), m.weight.get());
