@@ -9,6 +9,8 @@
 //!   ejection, in-flight requests, latency, idle connections), see [`upstreams`];
 //! - `POST /admin/reload`: reloads the config file; 200 `{"status":"reloaded"}` or 400
 //!   `{"status":"rejected","errors":[...]}` with every problem (the old config keeps serving).
+//! - `POST /admin/retire-connections`: every open client connection closes gracefully (see
+//!   [`Shared::retire_connections`]); 200 `{"status":"retiring","active_connections":N}`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -97,6 +99,17 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
             }),
         ),
         (&Method::GET, "/admin/upstreams") => json(StatusCode::OK, &upstreams(shared)),
+        (&Method::POST, "/admin/retire-connections") => {
+            let open = shared.retire_connections();
+            tracing::info!(
+                active_connections = open,
+                "retiring every client connection (admin API)"
+            );
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "status": "retiring", "active_connections": open }),
+            )
+        }
         (&Method::POST, "/admin/reload") => {
             let s = Arc::clone(shared);
             match tokio::task::spawn_blocking(move || s.reload()).await {
@@ -114,8 +127,13 @@ async fn handle(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Full<B
         }
         (
             _,
-            "/health/live" | "/health/ready" | "/metrics" | "/admin/connections"
-            | "/admin/upstreams" | "/admin/reload",
+            "/health/live"
+            | "/health/ready"
+            | "/metrics"
+            | "/admin/connections"
+            | "/admin/upstreams"
+            | "/admin/reload"
+            | "/admin/retire-connections",
         ) => respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",

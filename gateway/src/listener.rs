@@ -551,7 +551,7 @@ async fn serve_http<S>(
     let _watchdog = AbortOnDrop(tokio::spawn(watch_connection(
         Arc::clone(&state),
         Arc::clone(&control),
-        shutdown,
+        (shutdown, shared.retire_signal()),
         tick,
         Timeouts {
             header: limits.header_timeout,
@@ -742,11 +742,12 @@ struct Timeouts {
     send: Duration,
 }
 
-/// Watches one connection: shutdown, header, idle and send timeouts, checked every `tick`.
+/// Watches one connection: shutdown and retirement (the admin API's), header, idle and send
+/// timeouts, checked every `tick`.
 async fn watch_connection(
     state: Arc<ConnState>,
     control: Arc<Control>,
-    mut shutdown: watch::Receiver<bool>,
+    (mut shutdown, mut retire): (watch::Receiver<bool>, watch::Receiver<()>),
     tick: Duration,
     timeouts: Timeouts,
 ) {
@@ -764,6 +765,8 @@ async fn watch_connection(
                 shutdown_seen = true;
                 control.send(Command::Graceful);
             }
+            // Err: the gateway is gone (the shutdown branch covers it).
+            Ok(()) = retire.changed() => control.send(Command::Graceful),
             () = tokio::time::sleep(tick) => match watchdog(&state, timeouts) {
                 Verdict::Ok => {}
                 Verdict::Idle => control.send(Command::Graceful),
@@ -869,12 +872,13 @@ mod tests {
     #[tokio::test]
     async fn a_watchdog_started_during_a_drain_asks_for_the_graceful_close() {
         let (_draining, rx) = watch::channel(true);
+        let (_retire, retire) = watch::channel(());
         let control = Arc::new(Control::default());
         let long = Duration::from_secs(60);
         let watchdog = AbortOnDrop(tokio::spawn(watch_connection(
             Arc::new(ConnState::new(clock::coarse_millis())),
             Arc::clone(&control),
-            rx,
+            (rx, retire),
             long,
             Timeouts {
                 header: long,

@@ -78,6 +78,9 @@ pub struct Shared {
     reload_lock: Mutex<()>,
     /// Wakes the DNS refresh after a reload (the config's names or period may have changed).
     pub discovery_wake: Notify,
+    /// Signalled by `POST /admin/retire-connections`: every open connection closes
+    /// gracefully, the listeners go on accepting.
+    retire: watch::Sender<()>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -146,6 +149,21 @@ impl Shared {
     /// Whether the gateway is draining (not ready).
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::Acquire)
+    }
+
+    /// Asks every open client connection to close gracefully (HTTP/1: idle ones at once, busy
+    /// ones after their response, which says `Connection: close`; HTTP/2: GOAWAY, the open
+    /// streams finish); WebSocket tunnels are left alone and new connections are served. What
+    /// an operator does after `lbctl drain` so that keep-alive clients reconnect, and land on
+    /// the nodes still in the ring. Returns the connections open when asked.
+    pub fn retire_connections(&self) -> usize {
+        self.retire.send_replace(());
+        self.active_connections()
+    }
+
+    /// A receiver that sees every later [`Self::retire_connections`].
+    pub(crate) fn retire_signal(&self) -> watch::Receiver<()> {
+        self.retire.subscribe()
     }
 
     /// The config file reloads read.
@@ -375,6 +393,7 @@ impl Gateway {
             access_log_output,
             reload_lock: Mutex::new(()),
             discovery_wake: Notify::new(),
+            retire: watch::Sender::new(()),
         });
         let (shutdown, rx) = watch::channel(false);
         let mut sockets = Vec::new();

@@ -362,3 +362,93 @@ async fn a_reload_stops_the_replaced_configs_health_probes() {
     let (status, _, body) = held.await.unwrap();
     assert_eq!((status, body.as_str()), (StatusCode::OK, "a /hold 0"));
 }
+
+/// `POST /admin/retire-connections`: idle keep-alives close at once, a busy HTTP/1 connection
+/// after its response (which says `Connection: close`), an HTTP/2 one after GOAWAY; the
+/// gateway goes on accepting and serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retire_connections_closes_every_connection_and_serves_on() {
+    let a = TestUpstream::start("a", false).await;
+    let gw = TestGateway::start(&config(&[&a], "v1", "")).await;
+    let shared = Arc::clone(gw.gw().shared());
+    // An idle HTTP/1 keep-alive connection.
+    let mut idle = TcpStream::connect(gw.addr("web")).await.unwrap();
+    idle.write_all(b"GET /first HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 12];
+    tokio::io::AsyncReadExt::read_exact(&mut idle, &mut first)
+        .await
+        .unwrap();
+    assert_eq!(&first, b"HTTP/1.1 200");
+    // An HTTP/1 connection with a request in flight.
+    let mut busy = TcpStream::connect(gw.addr("web")).await.unwrap();
+    busy.write_all(b"GET /hold HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    a.wait_held(1).await;
+    // An HTTP/2 connection with one request done.
+    let tcp = TcpStream::connect(gw.addr("web")).await.unwrap();
+    let (mut h2, h2_conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let h2_conn = tokio::spawn(h2_conn);
+    let res = h2
+        .send_request(
+            Request::get(gw.url("web", "/h2"))
+                .body(http_body_util::Empty::<Bytes>::new())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    eventually("three connections open", || async {
+        shared.active_connections() == 3
+    })
+    .await;
+
+    let req = Request::post(gw.admin_url("/admin/retire-connections"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let (status, _, body) = send(&client(), req).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "retiring");
+    assert_eq!(v["active_connections"], 3);
+
+    // The idle one closes without a word more.
+    let mut rest = Vec::new();
+    tokio::time::timeout(
+        DEADLINE,
+        tokio::io::AsyncReadExt::read_to_end(&mut idle, &mut rest),
+    )
+    .await
+    .expect("the idle connection was not closed")
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&rest).contains("HTTP/1.1"));
+    // The HTTP/2 one gets GOAWAY and ends.
+    tokio::time::timeout(DEADLINE, h2_conn)
+        .await
+        .expect("the HTTP/2 connection did not end")
+        .unwrap()
+        .unwrap();
+    // The busy one finishes its request, says so, and closes.
+    a.state.release.notify_waiters();
+    let answer = read_all(&mut busy).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("connection: close"),
+        "{answer}"
+    );
+    eventually("every connection closed", || async {
+        shared.active_connections() == 0
+    })
+    .await;
+    // New connections are served as before.
+    let (status, headers, _) = get(&client(), &gw.url("web", "/after")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(headers["x-config"], "v1");
+}
