@@ -55,8 +55,9 @@ fn extra(me: u8, token_file: &std::path::Path) -> String {
 }
 
 /// A stand-in for lb-gateway's admin listener: `/admin/connections` with a count the
-/// test controls.
-fn fake_gateway_admin(lab: &Lab, host: &str, count: Arc<AtomicU64>) {
+/// test controls, and `/admin/retire-connections`, which it counts in `retired` (the real
+/// endpoint is tested against lb-gateway in its own crate).
+fn fake_gateway_admin(lab: &Lab, host: &str, count: Arc<AtomicU64>, retired: Arc<AtomicU64>) {
     let listener = lab
         .in_host(host, || TcpListener::bind(("0.0.0.0", ADMIN_PORT)))
         .unwrap()
@@ -73,6 +74,13 @@ fn fake_gateway_admin(lab: &Lab, host: &str, count: Arc<AtomicU64>) {
                     format!(
                         "{{\"active_connections\":{c},\"in_flight_requests\":0,\"draining\":false}}"
                     ),
+                )
+            } else if req.starts_with("POST /admin/retire-connections ") {
+                retired.fetch_add(1, Ordering::SeqCst);
+                let c = count.load(Ordering::SeqCst);
+                (
+                    "200 OK",
+                    format!("{{\"status\":\"retiring\",\"active_connections\":{c}}}"),
                 )
             } else {
                 ("404 Not Found", String::new())
@@ -132,13 +140,19 @@ fn drain_enable_weight_converge_across_three_agents_with_a_restart() {
     let scratch = Scratch::new(prefix);
     name_servers(&lab, &NODES, PROBE_PORT);
     let conns3 = Arc::new(AtomicU64::new(0));
+    let retired3 = Arc::new(AtomicU64::new(0));
     for (i, h) in NODES.iter().enumerate() {
         let c = if i == 2 {
             conns3.clone()
         } else {
             Arc::new(AtomicU64::new(0))
         };
-        fake_gateway_admin(&lab, h, c);
+        let r = if i == 2 {
+            retired3.clone()
+        } else {
+            Arc::new(AtomicU64::new(0))
+        };
+        fake_gateway_admin(&lab, h, c, r);
     }
     let token_file = scratch.path("cluster.token");
     std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
@@ -231,6 +245,12 @@ fn drain_enable_weight_converge_across_three_agents_with_a_restart() {
         out.contains("timed out after 1s with 2 active connection(s) left"),
         "{out}"
     );
+    // The gateway was asked to let its clients go first.
+    assert!(
+        out.contains("node3: closing its 2 connection(s) gracefully"),
+        "{out}"
+    );
+    assert_eq!(retired3.load(Ordering::SeqCst), 1);
     // ... and returns once they reach zero.
     let mut child = Command::new(bin("lbctl"))
         .arg("--socket")
@@ -240,6 +260,11 @@ fn drain_enable_weight_converge_across_three_agents_with_a_restart() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    wait_until(
+        "lbctl asked the gateway to retire its connections",
+        10,
+        || retired3.load(Ordering::SeqCst) == 2,
+    );
     wait_until("lbctl polls the gateway", 10, || {
         lbctl_json(&files[0].socket, &["status"], 0)["gateways"][2]["active_connections"] == 2
     });
@@ -255,6 +280,15 @@ fn drain_enable_weight_converge_across_three_agents_with_a_restart() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["wait"], "drained");
     assert_eq!(v["active_connections"], 0);
+    assert_eq!(v["retired"], 2);
+    // --no-retire waits without asking.
+    let (code, out, err) = lbctl(
+        &files[0].socket,
+        &["drain", "node3", "--wait", "--no-retire", "--timeout", "5"],
+    );
+    assert_eq!(code, 0, "{out} {err}");
+    assert!(!out.contains("gracefully"), "{out}");
+    assert_eq!(retired3.load(Ordering::SeqCst), 2);
     for f in &files {
         wait_until("node3 drained everywhere", 5, || {
             reports(&f.socket, "node3", "drained", 100, false)

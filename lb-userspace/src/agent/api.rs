@@ -10,6 +10,7 @@
 //! | `POST /v1/gateways/{name}/drain`, `/enable` | change the admin state; pushed to every peer; the reply lists which nodes applied it |
 //! | `POST /v1/gateways/{name}/weight` `{"weight": N}` | the same for the weight |
 //! | `GET /v1/gateways/{name}/connections` | the gateway's `/admin/connections` |
+//! | `POST /v1/gateways/{name}/retire-connections` | the gateway's `/admin/retire-connections`: its client connections close gracefully (after a drain, so that they reconnect elsewhere) |
 //! | `POST /v1/failover` `{"hold_ms": N}` | give up VRRP mastership |
 //! | `POST /v1/reload` | re-read the configuration file |
 //! | `GET /v1/cluster/state` | the admin state held here |
@@ -247,6 +248,24 @@ fn json(status: StatusCode, value: &impl Serialize) -> Response<Full<Bytes>> {
     resp
 }
 
+/// The admin address of gateway `name`, or the error reply (unknown gateway, or no `admin`
+/// address configured).
+fn gateway_admin(ctx: &ApiCtx, name: &str) -> Result<SocketAddr, Box<Response<Full<Bytes>>>> {
+    let cfg = ctx.snapshot.borrow().cfg.clone();
+    let Some(gw) = cfg.gateway(name) else {
+        return Err(Box::new(error(
+            StatusCode::NOT_FOUND,
+            format!("no gateway {name:?} in the configuration"),
+        )));
+    };
+    gw.admin.ok_or_else(|| {
+        Box::new(error(
+            StatusCode::CONFLICT,
+            format!("gateway {name:?} has no `admin` address in the agent's configuration"),
+        ))
+    })
+}
+
 fn error(status: StatusCode, msg: impl Into<String>) -> Response<Full<Bytes>> {
     json(status, &serde_json::json!({ "error": msg.into() }))
 }
@@ -362,20 +381,21 @@ async fn handle(ctx: &ApiCtx, surface: &Surface, req: Request<Incoming>) -> Resp
             change_gateway(ctx, name, change).await
         }
         (_, &Method::GET, ["v1", "gateways", name, "connections"]) => {
-            let cfg = ctx.snapshot.borrow().cfg.clone();
-            let Some(gw) = cfg.gateway(name) else {
-                return error(
-                    StatusCode::NOT_FOUND,
-                    format!("no gateway {name:?} in the configuration"),
-                );
-            };
-            let Some(admin) = gw.admin else {
-                return error(
-                    StatusCode::CONFLICT,
-                    format!("gateway {name:?} has no `admin` address in the agent's configuration"),
-                );
+            let admin = match gateway_admin(ctx, name) {
+                Ok(a) => a,
+                Err(resp) => return *resp,
             };
             match connections(admin).await {
+                Ok(c) => json(StatusCode::OK, &c),
+                Err(e) => error(StatusCode::BAD_GATEWAY, e),
+            }
+        }
+        (_, &Method::POST, ["v1", "gateways", name, "retire-connections"]) => {
+            let admin = match gateway_admin(ctx, name) {
+                Ok(a) => a,
+                Err(resp) => return *resp,
+            };
+            match retire_connections(admin).await {
                 Ok(c) => json(StatusCode::OK, &c),
                 Err(e) => error(StatusCode::BAD_GATEWAY, e),
             }
@@ -608,6 +628,30 @@ pub struct Connections {
     pub in_flight_requests: u64,
     #[serde(default)]
     pub draining: bool,
+}
+
+/// What a gateway's `/admin/retire-connections` says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Retiring {
+    pub status: String,
+    /// The connections open when the gateway was asked.
+    pub active_connections: u64,
+}
+
+/// Asks a gateway's admin listener to close its client connections gracefully.
+pub async fn retire_connections(admin: SocketAddr) -> Result<Retiring, String> {
+    let url = format!("http://{admin}/admin/retire-connections");
+    let (status, body) = client::tcp(
+        admin,
+        &Call::post("/admin/retire-connections", Vec::new()),
+        PEER_TIMEOUT,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    if status != StatusCode::OK {
+        return Err(format!("{url}: status {status}"));
+    }
+    serde_json::from_slice(&body).map_err(|e| format!("{url}: bad reply: {e}"))
 }
 
 /// Deadline of the connection query `status` makes to each gateway (a dead gateway must

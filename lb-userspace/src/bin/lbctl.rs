@@ -20,7 +20,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use lb_userspace::{
     agent::{
-        api::{ChangeReport, Connections, Status},
+        api::{ChangeReport, Connections, Retiring, Status},
         client::{self, ClientError, Endpoint},
         config::{self, AgentConfig, EXIT_CONFIG},
         http::Call,
@@ -78,12 +78,18 @@ enum Command {
     Drain {
         /// The gateway's name.
         node: String,
-        /// Wait until the gateway has no active connections (or the timeout).
+        /// Wait until the gateway has no active connections (or the timeout). First the
+        /// gateway is asked to close its client connections gracefully (each after its
+        /// current request), so that keep-alive clients reconnect to the other gateways.
         #[arg(long)]
         wait: bool,
         /// Seconds to wait with --wait.
         #[arg(long, default_value_t = 300)]
         timeout: u64,
+        /// With --wait: do not ask the gateway to close its connections; wait for its
+        /// clients to close them.
+        #[arg(long, requires = "wait")]
+        no_retire: bool,
     },
     /// Put a drained gateway back into new-flow assignment on every node.
     Enable {
@@ -258,6 +264,7 @@ async fn remote_command(cli: &Cli) -> Result<u8, Failure> {
             node,
             wait,
             timeout,
+            no_retire,
         } => {
             let path = format!("/v1/gateways/{node}/drain");
             let report: ChangeReport = call_agent(cli, &ep, Call::post(&path, Vec::new())).await?;
@@ -274,11 +281,19 @@ async fn remote_command(cli: &Cli) -> Result<u8, Failure> {
             if !wait {
                 return Ok(code);
             }
+            // The drain is in place on the nodes that applied it: connections made from now
+            // on go elsewhere, so the gateway's clients can be let go.
+            let retired = if *no_retire {
+                None
+            } else {
+                Some(retire(cli, &ep, node).await)
+            };
             let (outcome, last) =
                 wait_drained(cli, &ep, node, Duration::from_secs(*timeout)).await?;
             if json {
                 print_json(&serde_json::json!({
                     "change": report,
+                    "retired": retired,
                     "wait": outcome,
                     "active_connections": last,
                 }));
@@ -343,6 +358,31 @@ async fn remote_command(cli: &Cli) -> Result<u8, Failure> {
             Ok(0)
         }
         Command::CheckConfig { .. } | Command::Counters { .. } => Ok(0),
+    }
+}
+
+/// Asks the gateway (through the agent) to close its client connections gracefully; a failure
+/// (an older gateway, an unreachable admin listener) is reported and the wait goes on.
+/// Returns the connections it had open when asked, or `None`.
+async fn retire(cli: &Cli, ep: &Endpoint, node: &str) -> Option<u64> {
+    let path = format!("/v1/gateways/{node}/retire-connections");
+    match call_agent::<Retiring>(cli, ep, Call::post(&path, Vec::new())).await {
+        Ok(r) => {
+            if cli.output == Output::Table {
+                println!(
+                    "{node}: closing its {} connection(s) gracefully",
+                    r.active_connections
+                );
+            }
+            Some(r.active_connections)
+        }
+        Err(e) => {
+            eprintln!(
+                "{node}: could not ask the gateway to close its connections: {}",
+                e.message
+            );
+            None
+        }
     }
 }
 
