@@ -49,6 +49,10 @@ pub enum ProxyError {
     NoRoute,
     #[error("upstream `{upstream}` has no available member")]
     NoMember { upstream: String },
+    #[error(
+        "upstream `{upstream}`: every available member has {limit} requests in flight (max_requests_per_member)"
+    )]
+    Overflow { upstream: String, limit: u64 },
     #[error("upstream `{upstream}` member {member}: connect failed: {source}")]
     Connect {
         upstream: String,
@@ -86,6 +90,7 @@ impl ProxyError {
             | Self::BodyTimeout { .. }
             | Self::NoRoute => Origin::Client,
             Self::NoMember { .. }
+            | Self::Overflow { .. }
             | Self::Connect { .. }
             | Self::UpstreamRequest { .. }
             | Self::TryTimeout { .. }
@@ -114,7 +119,7 @@ impl ProxyError {
             Self::BadRequest { .. } | Self::ClientBody { .. } => StatusCode::BAD_REQUEST,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::NoRoute => StatusCode::NOT_FOUND,
-            Self::NoMember { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoMember { .. } | Self::Overflow { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::Connect { .. } | Self::UpstreamRequest { .. } => StatusCode::BAD_GATEWAY,
             Self::TryTimeout { .. } | Self::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

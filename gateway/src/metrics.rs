@@ -39,6 +39,9 @@ pub struct Metrics {
     pub upstream_connections_opened_total: IntCounterVec,
     /// Upstream requests sent over a pooled (reused) connection, by upstream.
     pub upstream_pool_reused_requests_total: IntCounterVec,
+    /// Requests refused with 503 because every available member was at
+    /// `max_requests_per_member`, by upstream.
+    pub upstream_overflow_total: IntCounterVec,
     /// Config reloads by result (`success`, `failure`).
     pub config_reloads_total: IntCounterVec,
     /// Access-log lines dropped because the output could not keep up (or failed).
@@ -137,6 +140,11 @@ impl Metrics {
             "Upstream requests sent over a reused pooled connection, by upstream.",
             &["upstream"],
         )?;
+        let upstream_overflow_total = counter(
+            "lb_gateway_upstream_overflow_total",
+            "Requests refused (503) because every available member was at max_requests_per_member, by upstream.",
+            &["upstream"],
+        )?;
         let config_reloads_total = counter(
             "lb_gateway_config_reloads_total",
             "Config reloads by result (success, failure).",
@@ -172,6 +180,7 @@ impl Metrics {
             upstream_ejections_total,
             upstream_connections_opened_total,
             upstream_pool_reused_requests_total,
+            upstream_overflow_total,
             config_reloads_total,
             access_log_dropped_lines_total,
             timeouts,

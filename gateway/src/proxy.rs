@@ -456,12 +456,12 @@ async fn forward(
         // One clock read per attempt (the first attempt starts when the request does): it
         // picks the member, bounds the try and times the attempt's latency.
         let now = if attempt == 1 { start } else { Instant::now() };
-        let idx = up
+        let Some(idx) = up
             .balancer
             .pick(&up.members, hash, &tried[..tried_len], now)
-            .ok_or_else(|| ProxyError::NoMember {
-                upstream: name.to_string(),
-            })?;
+        else {
+            return Err(no_member(up, now));
+        };
         if let Some(slot) = tried.get_mut(tried_len) {
             *slot = idx;
             tried_len += 1;
@@ -748,6 +748,19 @@ fn websocket_upgrade(req: &Request<Incoming>, protocol: UpstreamProtocol) -> Opt
 
 /// Copies bytes both ways between the upgraded client and upstream connections until both
 /// sides are done.
+/// Why no member was picked: none is available, or (circuit breaking) every available one is
+/// at `max_requests_per_member`, which is counted.
+fn no_member(up: &Upstream, now: Instant) -> ProxyError {
+    let upstream = up.config.name.clone();
+    match up.config.max_requests_per_member {
+        Some(limit) if up.members.iter().any(|m| m.available(now)) => {
+            up.count_overflow();
+            ProxyError::Overflow { upstream, limit }
+        }
+        _ => ProxyError::NoMember { upstream },
+    }
+}
+
 /// Counts a request-body timeout in `lb_gateway_timeouts_total`.
 fn count_timeout(shared: &Shared, e: &ProxyError) {
     if matches!(e, ProxyError::BodyTimeout { .. }) {

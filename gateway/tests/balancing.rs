@@ -503,3 +503,54 @@ async fn admin_upstreams_shows_each_members_state() {
         .unwrap();
     assert_eq!(send(&c, req).await.0, StatusCode::METHOD_NOT_ALLOWED);
 }
+
+/// `max_requests_per_member` (circuit breaking): a member at its limit takes no more
+/// requests; when every available member is at it, the request gets 503 at once (counted,
+/// and said in the access log) instead of piling up on slow members.
+#[tokio::test]
+async fn members_at_max_requests_take_no_more_and_the_overflow_is_503() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let (a, b, _) = three().await;
+    let gw = TestGateway::start(&config("max_requests_per_member = 1", &[&a, &b])).await;
+    let hold = |path: &str| {
+        let url = gw.url("web", path);
+        tokio::spawn(async move { get(&client(), &url).await })
+    };
+    // Two held requests: one on each member (whichever the first went to is full).
+    let first = hold("/hold1");
+    eventually("the first request is held", || async {
+        a.state.held.load(SeqCst) + b.state.held.load(SeqCst) == 1
+    })
+    .await;
+    let second = hold("/hold2");
+    eventually("both members hold one", || async {
+        a.state.held.load(SeqCst) == 1 && b.state.held.load(SeqCst) == 1
+    })
+    .await;
+    // Both full: refused at once, and the members never see it.
+    let (status, _, _) = get(&client(), &gw.url("web", "/third")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(a.hits() + b.hits(), 2);
+    let (_, _, metrics) = get(&client(), &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("lb_gateway_upstream_overflow_total{upstream=\"pool\"} 1"),
+        "{metrics}"
+    );
+    let line = gw
+        .access_lines()
+        .into_iter()
+        .find(|l| l["path"] == "/third")
+        .unwrap();
+    assert_eq!(line["status"], 503);
+    assert_eq!(
+        line["error"],
+        "upstream `pool`: every available member has 1 requests in flight (max_requests_per_member)"
+    );
+    // Once they finish, requests flow again.
+    a.state.release.notify_waiters();
+    b.state.release.notify_waiters();
+    assert_eq!(first.await.unwrap().0, StatusCode::OK);
+    assert_eq!(second.await.unwrap().0, StatusCode::OK);
+    let t = tally(&gw, 4, None).await;
+    assert_eq!(t.values().sum::<usize>(), 4, "{t:?}");
+}

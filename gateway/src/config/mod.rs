@@ -236,6 +236,10 @@ pub struct UpstreamConfig {
     pub timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_member: usize,
+    /// Requests one member may have in flight (retries included); a member at it takes no
+    /// more, and when every available member is at it the request gets 503 (circuit
+    /// breaking). `None`: no limit.
+    pub max_requests_per_member: Option<u64>,
     pub health_check: Option<HealthCheckConfig>,
     pub outlier: OutlierConfig,
     pub retry: RetryConfig,

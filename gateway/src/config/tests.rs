@@ -67,6 +67,7 @@ max_concurrent_streams = 100001
 [upstreams.api]
 algorithm = "random"
 read_timeout = "-1s"
+max_requests_per_member = 0
 tunnel_idle_timeout = "never"
 members = [{ address = "a:1", weight = 1 }, { address = "b:2", weight = 0 }]
 
@@ -88,6 +89,7 @@ methods = ["G E T"]
         "listeners.web.max_concurrent_streams: must be between 1 and 100000",
         "upstreams.api.algorithm:",
         "upstreams.api.read_timeout:",
+        "upstreams.api.max_requests_per_member: must be > 0",
         "upstreams.api.tunnel_idle_timeout:",
         "upstreams.api.members[1].weight: must be > 0",
         "routes[0].upstream: no upstream named `missing`",

@@ -537,6 +537,15 @@ fn upstream(
         0,
         10_000,
     );
+    let max_requests_per_member = u.max_requests_per_member.map(|v| {
+        errs.int_in(
+            &format!("{path}.max_requests_per_member"),
+            Some(v),
+            1,
+            1,
+            1_000_000,
+        )
+    });
     let health_check = u
         .health_check
         .and_then(|h| health_check(errs, &format!("{path}.health_check"), h));
@@ -558,6 +567,7 @@ fn upstream(
         timeout,
         pool_idle_timeout,
         pool_max_idle_per_member: usize_from(pool_max_idle_per_member),
+        max_requests_per_member,
         health_check,
         outlier,
         retry,

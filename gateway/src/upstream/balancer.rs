@@ -1,8 +1,9 @@
 //! Load-balancing algorithms: pick one available member of a pool.
 //!
 //! Every algorithm first narrows the pool to the candidates: members that are available
-//! (healthy and not ejected) and not excluded (a retry goes to another member when one is
-//! available). Then:
+//! (healthy and not ejected), below `max_requests_per_member` requests in flight when the
+//! pool sets it, and not excluded (a retry goes to another member when one is available).
+//! Then:
 //!
 //! - `round_robin`: candidates in turn, ignoring weights;
 //! - `weighted_round_robin`: smooth weighted round robin (nginx), spreading heavy members;
@@ -33,6 +34,9 @@ pub struct Balancer {
     wrr: Mutex<Vec<i64>>,
     /// Consistent-hash ring of (point, member index), sorted by point.
     ring: Vec<(u64, usize)>,
+    /// `max_requests_per_member` (`u64::MAX`: none): a member with this many requests in
+    /// flight is no candidate.
+    limit: u64,
 }
 
 impl Balancer {
@@ -60,11 +64,20 @@ impl Balancer {
             next: AtomicUsize::new(entropy::below(members.len().max(1))),
             wrr: Mutex::new(vec![0; members.len()]),
             ring,
+            limit: u64::MAX,
         }
     }
 
+    /// The same balancer, with members at `limit` requests in flight passed over.
+    #[must_use]
+    pub fn with_member_limit(mut self, limit: Option<u64>) -> Self {
+        self.limit = limit.unwrap_or(u64::MAX);
+        self
+    }
+
     /// Picks a member index. `hash_key` is used by `consistent_hash` (a missing key picks at
-    /// random); `exclude` lists members already tried by this request.
+    /// random); `exclude` lists members already tried by this request. `None`: no member is
+    /// available, or every available one is at the member limit.
     pub fn pick(
         &self,
         members: &[std::sync::Arc<Member>],
@@ -82,7 +95,7 @@ impl Balancer {
             heap.resize(members.len(), 0);
             &mut heap
         };
-        let n = candidates(members, exclude, now, buf);
+        let n = candidates(members, exclude, now, self.limit, buf);
         let candidates = &buf[..n];
         if candidates.is_empty() {
             return None;
@@ -163,19 +176,20 @@ impl Balancer {
 /// Members picked from without an allocation (see [`Balancer::pick`]).
 const INLINE_CANDIDATES: usize = 16;
 
-/// Writes the indexes of the available members not in `exclude` to `buf` (all available
-/// members if every one of them is excluded) and returns how many. `buf` holds at least
-/// `members.len()` entries.
+/// Writes the indexes of the available members below `limit` requests in flight and not in
+/// `exclude` to `buf` (all such members if every one of them is excluded) and returns how
+/// many. `buf` holds at least `members.len()` entries.
 fn candidates(
     members: &[std::sync::Arc<Member>],
     exclude: &[usize],
     now: Instant,
+    limit: u64,
     buf: &mut [usize],
 ) -> usize {
     let mut available = 0;
     let mut fresh = 0;
     for (i, m) in members.iter().enumerate() {
-        if !m.available(now) {
+        if !m.available(now) || m.in_flight() >= limit {
             continue;
         }
         if let Some(slot) = buf.get_mut(available) {
@@ -246,7 +260,7 @@ mod tests {
                 available.iter().copied().filter(|i| !exclude.contains(i)).collect();
             let expected = if fresh.is_empty() { available } else { fresh };
             let mut buf = vec![0; m.len()];
-            let n = candidates(&m, &exclude, now, &mut buf);
+            let n = candidates(&m, &exclude, now, u64::MAX, &mut buf);
             prop_assert_eq!(&buf[..n], &expected[..]);
             // `pick` agrees for the round robin: it only ever picks a candidate.
             let b = Balancer::new(Algorithm::RoundRobin, &m);
@@ -275,6 +289,31 @@ mod tests {
             .collect();
         assert_eq!(seq, vec![0, 0, 1, 0, 2, 0, 0]);
         assert_eq!(counts(&b, &m, 700), vec![500, 100, 100]);
+    }
+
+    /// Every algorithm passes over members at the member limit; all of them there: no pick.
+    #[test]
+    fn members_at_the_limit_are_no_candidates() {
+        let m = pool(&[1, 1, 1]);
+        let algorithms = [
+            Algorithm::RoundRobin,
+            Algorithm::WeightedRoundRobin,
+            Algorithm::LeastConnections,
+            Algorithm::P2cEwma,
+            Algorithm::ConsistentHash(HashSource::ClientAddress),
+        ];
+        let now = Instant::now();
+        let busy0 = (m[0].start(), m[0].start());
+        let busy2 = (m[2].start(), m[2].start());
+        for algorithm in algorithms {
+            let b = Balancer::new(algorithm, &m).with_member_limit(Some(2));
+            for key in 0..20 {
+                assert_eq!(b.pick(&m, Some(key), &[], now), Some(1));
+            }
+            let _busy1 = (m[1].start(), m[1].start());
+            assert_eq!(b.pick(&m, Some(7), &[], now), None);
+        }
+        drop((busy0, busy2));
     }
 
     #[test]

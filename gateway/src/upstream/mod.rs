@@ -34,6 +34,8 @@ pub struct Upstream {
     pub budget: RetryBudget,
     /// `lb_gateway_upstream_pool_reused_requests_total` of this upstream (resolved once).
     pub pool_reused: IntCounter,
+    /// `lb_gateway_upstream_overflow_total` of this upstream (resolved once).
+    overflow: IntCounter,
     /// The counters of each member (same index), resolved once so that an attempt does not
     /// look labels up (and a retired pool cannot bring back the series of a member that left:
     /// its handles are no longer in the registry).
@@ -122,13 +124,17 @@ impl Upstream {
             })
             .collect();
         let up = Self {
-            balancer: Balancer::new(cfg.algorithm.clone(), &members),
+            balancer: Balancer::new(cfg.algorithm.clone(), &members)
+                .with_member_limit(cfg.max_requests_per_member),
             config: cfg.clone(),
             members,
             client,
             pool,
             pool_reused: metrics
                 .upstream_pool_reused_requests_total
+                .with_label_values(&[cfg.name.as_str()]),
+            overflow: metrics
+                .upstream_overflow_total
                 .with_label_values(&[cfg.name.as_str()]),
             budget: RetryBudget::new(&cfg.retry, now),
             counters,
@@ -154,6 +160,11 @@ impl Upstream {
         if let (Some(c), Some(i)) = (counters, i) {
             c.attempts[i].inc();
         }
+    }
+
+    /// Counts a request refused because every available member was at its limit.
+    pub fn count_overflow(&self) {
+        self.overflow.inc();
     }
 
     /// Counts an outlier ejection of member `idx`.
