@@ -104,6 +104,9 @@ struct ObserveState {
     metrics: Metrics,
     access_log: Arc<std::sync::atomic::AtomicBool>,
     access_log_output: AccessLog,
+    /// Set when the gateway's drain gave up on the connections still open (`drain_timeout`):
+    /// their requests end because the gateway stops, not because the client left.
+    gave_up: Arc<std::sync::atomic::AtomicBool>,
     /// The request metrics of recently seen (route, method, status class) combinations.
     /// There is one state per connection (see `Shared::service_stack`), so the lock is not
     /// contended and the listener label is fixed.
@@ -183,12 +186,14 @@ impl ObserveLayer {
         metrics: Metrics,
         access_log: Arc<std::sync::atomic::AtomicBool>,
         access_log_output: AccessLog,
+        gave_up: Arc<std::sync::atomic::AtomicBool>,
     ) -> Self {
         Self {
             state: Arc::new(ObserveState {
                 metrics,
                 access_log,
                 access_log_output,
+                gave_up,
                 cache: std::sync::Mutex::new(Vec::new()),
             }),
         }
@@ -334,6 +339,10 @@ pub const CLIENT_CLOSED_REQUEST: u16 = 499;
 /// which says why).
 const CLIENT_WENT_AWAY: &str = "the client went away before the response";
 
+/// The access log's `error` for a request the gateway dropped when it stopped: its drain
+/// passed `drain_timeout` with the request unfinished. Such a request is counted as 503.
+const GAVE_UP: &str = "the gateway stopped before the response ended (drain_timeout)";
+
 /// What [`Observe`] keeps from the request for the end of the response.
 struct ObserveDone {
     start: Instant,
@@ -384,10 +393,20 @@ impl ObserveDone {
         Response::from_parts(parts, body::boxed(body))
     }
 
-    /// The request was dropped before its response: the client went away.
+    /// The request was dropped before its response: the client went away (or the gateway
+    /// stopped, its drain deadline passed).
     fn abandoned(self) {
         let outcome = BodyOutcome::default();
-        self.end(CLIENT_CLOSED_REQUEST, None, &outcome);
+        let status = if self
+            .state
+            .gave_up
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            http::StatusCode::SERVICE_UNAVAILABLE.as_u16()
+        } else {
+            CLIENT_CLOSED_REQUEST
+        };
+        self.end(status, None, &outcome);
     }
 
     /// The request ended (its response body, or the request before a response): metrics and
@@ -417,14 +436,22 @@ impl ObserveDone {
             elapsed,
         );
         if let Some(access) = access {
-            // Why the client got less than the response: the gateway cut the connection,
-            // or (no response at all) the client went away.
+            // Why the client got less than the response (and whose doing it was): the
+            // gateway cut the connection, the gateway stopped, or (no response at all) the
+            // client went away.
             let cut = if outcome.complete {
                 None
             } else {
                 conn.as_ref()
                     .and_then(|c| c.cut_reason())
-                    .or((ttfb.is_none()).then_some(CLIENT_WENT_AWAY))
+                    .map(|r| (r, "client"))
+                    .or_else(|| {
+                        state
+                            .gave_up
+                            .load(std::sync::atomic::Ordering::Relaxed)
+                            .then_some((GAVE_UP, "internal"))
+                    })
+                    .or((ttfb.is_none()).then_some((CLIENT_WENT_AWAY, "client")))
             };
             let request_id = access.request_id.as_ref().map(lossy);
             // The trace sent upstream (it may be a new one), else the client's.
@@ -459,11 +486,15 @@ impl ObserveDone {
                 // An error that became the response, else one that cut its body (on its
                 // way in: the member's side; on its way out: the gateway cut the client
                 // off).
-                error: fields.error.as_deref().or(outcome.error.as_deref()).or(cut),
+                error: fields
+                    .error
+                    .as_deref()
+                    .or(outcome.error.as_deref())
+                    .or(cut.map(|(reason, _)| reason)),
                 error_origin: fields
                     .error_origin
                     .or(outcome.error.as_ref().map(|_| "upstream"))
-                    .or(cut.map(|_| "client")),
+                    .or(cut.map(|(_, origin)| origin)),
             });
         }
     }

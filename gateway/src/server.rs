@@ -75,6 +75,8 @@ pub struct Shared {
     /// Whether the access log is on (the config's `global.access_log`, switched by reloads).
     access_log: Arc<AtomicBool>,
     access_log_output: AccessLog,
+    /// Set when a drain passed its deadline with connections open (see [`ObserveLayer`]).
+    gave_up: Arc<AtomicBool>,
     reload_lock: Mutex<()>,
     /// Wakes the DNS refresh after a reload (the config's names or period may have changed).
     pub discovery_wake: Notify,
@@ -118,6 +120,7 @@ impl Shared {
                 self.metrics.clone(),
                 Arc::clone(&self.access_log),
                 self.access_log_output.clone(),
+                Arc::clone(&self.gave_up),
             ))
             .layer(ErrorLayer)
             .service(ProxyService::new(Arc::clone(self)))
@@ -390,6 +393,7 @@ impl Gateway {
             active_connections: AtomicUsize::new(0),
             connection_closed: Notify::new(),
             access_log: Arc::new(AtomicBool::new(access_log)),
+            gave_up: Arc::new(AtomicBool::new(false)),
             access_log_output,
             reload_lock: Mutex::new(()),
             discovery_wake: Notify::new(),
@@ -510,6 +514,8 @@ impl Gateway {
         }
         let remaining = self.shared.active_connections();
         if remaining > 0 {
+            // Their requests end when the runtime drops them: logged as the gateway's doing.
+            self.shared.gave_up.store(true, Ordering::Relaxed);
             tracing::warn!(remaining, "drain deadline passed with connections open");
         }
         if let Some(t) = &self.admin_task {

@@ -111,6 +111,39 @@ fn signal(pid: u32, sig: &str) {
     assert!(status.success());
 }
 
+/// SIGTERM: the gateway drains and exits successfully.
+async fn terminate(child: &mut tokio::process::Child, pid: u32) {
+    signal(pid, "-TERM");
+    let status = tokio::time::timeout(DEADLINE, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+}
+
+/// `lb-gateway run --config PATH`, its pid, and its stdout lines as they come.
+fn run(path: &std::path::Path) -> (tokio::process::Child, u32, mpsc::UnboundedReceiver<String>) {
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().unwrap();
+    let (tx, lines) = mpsc::unbounded_channel();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = out.next_line().await {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, pid, lines)
+}
+
 async fn next_json(
     lines: &mut mpsc::UnboundedReceiver<String>,
     what: impl Fn(&serde_json::Value) -> bool,
@@ -142,24 +175,7 @@ async fn run_logs_access_reloads_on_sighup_and_drains_on_sigterm() {
         )
     };
     let path = dir.write("gw.toml", &config("one"));
-    let mut child = Command::new(BIN)
-        .args(["run", "--config"])
-        .arg(&path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let pid = child.id().unwrap();
-    let (tx, mut lines) = mpsc::unbounded_channel();
-    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
-    tokio::spawn(async move {
-        while let Ok(Some(line)) = out.next_line().await {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
+    let (mut child, pid, mut lines) = run(&path);
     let mut addrs: HashMap<String, SocketAddr> = HashMap::new();
     while addrs.len() < 2 {
         let v = next_json(&mut lines, |v| v["message"] == "listening").await;
@@ -195,10 +211,39 @@ async fn run_logs_access_reloads_on_sighup_and_drains_on_sigterm() {
     })
     .await;
 
-    signal(pid, "-TERM");
-    let status = tokio::time::timeout(DEADLINE, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(status.success(), "{status:?}");
+    terminate(&mut child, pid).await;
+}
+
+/// A request still running when the drain passes `drain_timeout` is dropped with the process,
+/// and its access line says it was the gateway's doing (503, `internal`), not the client's.
+#[tokio::test]
+async fn a_request_cut_by_the_drain_deadline_is_logged_as_the_gateways_doing() {
+    let up = TestUpstream::start("a", false).await;
+    let dir = TempDir::new();
+    let path = dir.write(
+        "gw.toml",
+        &format!(
+            "[global]\ndrain_timeout = \"300ms\"\n[listeners.web]\nlisten = \"127.0.0.1:0\"\n[upstreams.u]\n{}\n[[routes]]\nname = \"main\"\nupstream = \"u\"\n",
+            members(&[&up])
+        ),
+    );
+    let (mut child, pid, mut lines) = run(&path);
+    let v = next_json(&mut lines, |v| v["message"] == "listening").await;
+    let addr: SocketAddr = v["addr"].as_str().unwrap().parse().unwrap();
+    let url = format!("http://{addr}/hold");
+    let stuck = tokio::spawn(async move { client().get(url.parse().unwrap()).await });
+    up.wait_held(1).await;
+    terminate(&mut child, pid).await;
+    let line = next_json(&mut lines, |v| v["target"] == "access_log").await;
+    assert_eq!(line["path"], "/hold", "{line}");
+    assert_eq!(line["status"], 503, "{line}");
+    assert_eq!(line["complete"], false, "{line}");
+    assert_eq!(
+        line["error"], "the gateway stopped before the response ended (drain_timeout)",
+        "{line}"
+    );
+    assert_eq!(line["error_origin"], "internal", "{line}");
+    // The client's connection was closed without an answer.
+    assert!(stuck.await.unwrap().is_err());
+    up.state.release.notify_waiters();
 }
