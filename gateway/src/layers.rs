@@ -314,7 +314,7 @@ pin_project_lite::pin_project! {
     /// The future of [`Observe`]: the inner future in the request's span, then the response
     /// with its body tracked. Dropped before the response (the client went away: HTTP/1
     /// connection closed, HTTP/2 stream reset), the request is counted and logged as
-    /// [`CLIENT_CLOSED_REQUEST`].
+    /// [`CLIENT_CLOSED_REQUEST`] (as 503 when the gateway dropped it, see [`GAVE_UP`]).
     pub struct ObserveFuture<F> {
         #[pin]
         inner: F,
