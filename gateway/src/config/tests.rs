@@ -271,3 +271,22 @@ fn srv_names_need_discover() {
         .any(|e| e.contains("is not `host:port`"))
     );
 }
+
+/// The complete example at the top of CONFIG.md is a valid config (the docs stay true).
+#[test]
+fn the_reference_example_is_valid() {
+    let doc = include_str!("../../CONFIG.md");
+    let start = doc.find("```toml\n").expect("CONFIG.md has a toml example") + "```toml\n".len();
+    let len = doc[start..].find("```").expect("the example ends");
+    let example = &doc[start..start + len];
+    let c = match parse(example, Path::new("/etc/lb-gateway/gateway.toml")) {
+        Ok(c) => c,
+        Err(e) => panic!("the CONFIG.md example is refused: {e}"),
+    };
+    assert_eq!(c.listeners["internal"].max_requests_per_connection, 10_000);
+    assert_eq!(c.upstreams["users"].max_requests_per_member, Some(200));
+    assert!(
+        c.discovered_names()
+            .contains("_http._tcp.users.service.consul")
+    );
+}
