@@ -455,11 +455,30 @@ async fn forward(
         attempt += 1;
         // One clock read per attempt (the first attempt starts when the request does): it
         // picks the member, bounds the try and times the attempt's latency.
-        let now = if attempt == 1 { start } else { Instant::now() };
-        let Some(idx) = up
+        let mut now = if attempt == 1 { start } else { Instant::now() };
+        let picked = match up
             .balancer
             .pick(&up.members, hash, &tried[..tried_len], now)
-        else {
+        {
+            Some(idx) => Some(idx),
+            // Every available member busy: wait in the queue for a slot, within the
+            // request's overall deadline.
+            None => match up.config.queue_timeout {
+                Some(queue) if up.members.iter().any(|m| m.available(now)) => {
+                    let wait = queue.min(deadline.saturating_duration_since(now));
+                    let slot = Member::wait_for_slot(&up.members, wait, || {
+                        up.balancer
+                            .pick(&up.members, hash, &tried[..tried_len], Instant::now())
+                    })
+                    .await;
+                    // The try (its timeout and latency) starts when the queue let it go.
+                    now = Instant::now();
+                    slot
+                }
+                _ => None,
+            },
+        };
+        let Some(idx) = picked else {
             return Err(no_member(up, now));
         };
         if let Some(slot) = tried.get_mut(tried_len) {

@@ -554,3 +554,83 @@ async fn members_at_max_requests_take_no_more_and_the_overflow_is_503() {
     let t = tally(&gw, 4, None).await;
     assert_eq!(t.values().sum::<usize>(), 4, "{t:?}");
 }
+
+/// `queue_timeout`: with every member at `max_requests_per_member`, a request waits for a
+/// slot and is served as soon as one frees (woken, not at the end of its wait), or gets 503
+/// when none frees in time.
+#[tokio::test]
+async fn a_full_pool_queues_requests_for_queue_timeout() {
+    use std::sync::atomic::Ordering::SeqCst;
+    let a = TestUpstream::start("a", false).await;
+    let text = format!(
+        r#"
+[admin]
+listen = "127.0.0.1:0"
+
+[listeners.web]
+listen = "127.0.0.1:0"
+
+[upstreams.long]
+{members}
+max_requests_per_member = 1
+queue_timeout = "20s"
+
+[upstreams.short]
+{members}
+max_requests_per_member = 1
+queue_timeout = "600ms"
+
+[[routes]]
+upstream = "long"
+strip_prefix = true
+match = {{ path_prefix = "/long" }}
+
+[[routes]]
+upstream = "short"
+strip_prefix = true
+match = {{ path_prefix = "/short" }}
+"#,
+        members = members(&[&a])
+    );
+    let gw = TestGateway::start(&text).await;
+    let spawn_get = |path: &str| {
+        let url = gw.url("web", path);
+        tokio::spawn(async move { get(&client(), &url).await })
+    };
+    // A slot frees while the request waits: it is served then, long before its 20 s wait
+    // would end.
+    let held = spawn_get("/long/hold1");
+    a.wait_held(1).await;
+    let queued = spawn_get("/long/queued");
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    assert!(!queued.is_finished(), "the queued request did not wait");
+    assert_eq!(a.hits(), 1, "the queued request reached the member early");
+    a.state.release.notify_waiters();
+    assert_eq!(held.await.unwrap().0, StatusCode::OK);
+    let (status, _, body) = tokio::time::timeout(std::time::Duration::from_secs(10), queued)
+        .await
+        .expect("the queued request was not woken when the slot freed")
+        .unwrap();
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "a /queued 0"));
+    // No slot frees in time: 503 after the queue timeout, counted.
+    let held = spawn_get("/short/hold2");
+    eventually("the second held request", || async {
+        a.state.held.load(SeqCst) == 2
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let (status, _, _) = get(&client(), &gw.url("web", "/short/late")).await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        waited >= std::time::Duration::from_millis(550),
+        "answered after {waited:?}, before the queue timeout"
+    );
+    let (_, _, metrics) = get(&client(), &gw.admin_url("/metrics")).await;
+    assert!(
+        metrics.contains("lb_gateway_upstream_overflow_total{upstream=\"short\"} 1"),
+        "{metrics}"
+    );
+    a.state.release.notify_waiters();
+    assert_eq!(held.await.unwrap().0, StatusCode::OK);
+}

@@ -240,6 +240,9 @@ pub struct UpstreamConfig {
     /// more, and when every available member is at it the request gets 503 (circuit
     /// breaking). `None`: no limit.
     pub max_requests_per_member: Option<u64>,
+    /// With `max_requests_per_member`: how long a request waits for a member to free a slot
+    /// before its 503. `None`: it does not wait.
+    pub queue_timeout: Option<Duration>,
     pub health_check: Option<HealthCheckConfig>,
     pub outlier: OutlierConfig,
     pub retry: RetryConfig,

@@ -93,6 +93,7 @@ pub struct RawUpstream {
     pub pool_idle_timeout: Option<String>,
     pub pool_max_idle_per_member: Option<i64>,
     pub max_requests_per_member: Option<i64>,
+    pub queue_timeout: Option<String>,
     pub health_check: Option<RawHealthCheck>,
     pub outlier: Option<RawOutlier>,
     pub retry: Option<RawRetry>,

@@ -290,3 +290,23 @@ fn the_reference_example_is_valid() {
             .contains("_http._tcp.users.service.consul")
     );
 }
+
+#[test]
+fn queue_timeout_needs_a_member_limit() {
+    let text = MINIMAL.replace("[upstreams.api]", "[upstreams.api]\nqueue_timeout = \"1s\"");
+    assert_eq!(
+        errors(&text),
+        vec![
+            "upstreams.api.queue_timeout: needs `max_requests_per_member` (there is no queue without it)"
+        ]
+    );
+    let ok = MINIMAL.replace(
+        "[upstreams.api]",
+        "[upstreams.api]\nmax_requests_per_member = 5\nqueue_timeout = \"250ms\"",
+    );
+    let c = parse(&ok, Path::new("gw.toml")).unwrap();
+    assert_eq!(
+        c.upstreams["api"].queue_timeout,
+        Some(Duration::from_millis(250))
+    );
+}

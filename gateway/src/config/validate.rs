@@ -546,6 +546,16 @@ fn upstream(
             1_000_000,
         )
     });
+    let queue_timeout = u.queue_timeout.as_ref().map(|t| {
+        let key = format!("{path}.queue_timeout");
+        if max_requests_per_member.is_none() {
+            errs.push(
+                &key,
+                "needs `max_requests_per_member` (there is no queue without it)",
+            );
+        }
+        errs.duration(&key, Some(t), Duration::from_secs(1))
+    });
     let health_check = u
         .health_check
         .and_then(|h| health_check(errs, &format!("{path}.health_check"), h));
@@ -568,6 +578,7 @@ fn upstream(
         pool_idle_timeout,
         pool_max_idle_per_member: usize_from(pool_max_idle_per_member),
         max_requests_per_member,
+        queue_timeout,
         health_check,
         outlier,
         retry,

@@ -26,6 +26,10 @@ pub struct Member {
     ejected_until: Mutex<Option<Instant>>,
     /// Idle keep-alive connections (plain HTTP/1.1 upstreams, see [`super::pool`]).
     pub idle: super::pool::IdleConnections,
+    /// Requests queued for a slot (`max_requests_per_member` with `queue_timeout`) waiting on
+    /// this member: an ending request wakes them through `freed` only when there are some.
+    waiting: AtomicU64,
+    freed: tokio::sync::Notify,
 }
 
 /// Result of one attempt, as seen by outlier detection.
@@ -49,6 +53,38 @@ impl Member {
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
             idle: super::pool::IdleConnections::default(),
+            waiting: AtomicU64::new(0),
+            freed: tokio::sync::Notify::new(),
+        }
+    }
+
+    /// Waits (as a queued request) until one of `members` ends a request, or `timeout`.
+    /// Registers before `ready` is asked again, so an end in between is not missed: `ready`
+    /// is the caller's new try, and its answer is returned at once if it has one.
+    pub async fn wait_for_slot<T>(
+        members: &[std::sync::Arc<Member>],
+        timeout: Duration,
+        mut ready: impl FnMut() -> Option<T>,
+    ) -> Option<T> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let _waiting = Waiting::on(members);
+            let mut notified: Vec<_> = members
+                .iter()
+                .map(|m| Box::pin(m.freed.notified()))
+                .collect();
+            for n in &mut notified {
+                n.as_mut().enable();
+            }
+            // Orders the registration before `ready`'s reads of the members' counts.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if let Some(t) = ready() {
+                return Some(t);
+            }
+            let freed = futures_util::future::select_all(notified);
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                return ready();
+            }
         }
     }
 
@@ -177,7 +213,34 @@ pub struct InFlight(std::sync::Arc<Member>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        // Sequentially consistent with the queued request's registration (see
+        // `wait_for_slot`): either it sees this slot free, or this sees it waiting. On x86 the
+        // decrement is a locked instruction either way and the load a plain one.
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        // One load per request; the wake-up (a lock) only when a queued request waits.
+        if self.0.waiting.load(Ordering::SeqCst) > 0 {
+            self.0.freed.notify_waiters();
+        }
+    }
+}
+
+/// Counts a queued request as waiting on each of some members while it lives.
+struct Waiting<'a>(&'a [std::sync::Arc<Member>]);
+
+impl<'a> Waiting<'a> {
+    fn on(members: &'a [std::sync::Arc<Member>]) -> Self {
+        for m in members {
+            m.waiting.fetch_add(1, Ordering::SeqCst);
+        }
+        Self(members)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        for m in self.0 {
+            m.waiting.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 }
 
