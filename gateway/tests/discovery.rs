@@ -98,6 +98,15 @@ fn resolver_files(dir: &TempDir, hosts: &str) -> (std::path::PathBuf, std::path:
     )
 }
 
+/// A gateway config: admin on `admin`, listener `web` on `listen`, every request to the
+/// upstream `svc` (`upstream` is the body of its section), names refreshed every 200 ms.
+fn svc_config(admin: std::net::SocketAddr, listen: std::net::SocketAddr, upstream: &str) -> String {
+    format!(
+        "[global]\naccess_log = false\ndns_refresh = \"200ms\"\n\n[admin]\nlisten = \"{admin}\"\n\n\
+         [listeners.web]\nlisten = \"{listen}\"\n\n[upstreams.svc]\n{upstream}\n\n[[routes]]\nupstream = \"svc\"\n"
+    )
+}
+
 /// Which upstream answered each of `n` requests; every request must succeed.
 async fn tally(url: &str, n: usize) -> BTreeMap<String, usize> {
     let c = client();
@@ -132,27 +141,7 @@ async fn discover_members_follow_the_names_addresses() {
     // Two addresses for the name at first (`/etc/host.conf` has `multi on` on Debian; the
     // test says so if it does not).
     let (hosts, resolv) = resolver_files(&dir, "127.0.0.2 svc.test\n127.0.0.3 svc.test\n");
-    let config_text = |members: &str| {
-        format!(
-            r#"
-[global]
-access_log = false
-dns_refresh = "200ms"
-
-[admin]
-listen = "{admin}"
-
-[listeners.web]
-listen = "{listen}"
-
-[upstreams.svc]
-members = [{members}]
-
-[[routes]]
-upstream = "svc"
-"#
-        )
-    };
+    let config_text = |members: &str| svc_config(admin, listen, &format!("members = [{members}]"));
     let config = dir.write(
         "gw.toml",
         &config_text(&format!(
@@ -441,25 +430,10 @@ async fn discover_srv_members_follow_the_records() {
     );
     let config = dir.write(
         "gw.toml",
-        &format!(
-            r#"
-[global]
-access_log = false
-dns_refresh = "200ms"
-
-[admin]
-listen = "{admin}"
-
-[listeners.web]
-listen = "{listen}"
-
-[upstreams.svc]
-algorithm = "weighted_round_robin"
-members = [{{ address = "_http._tcp.svc.test", discover = true }}]
-
-[[routes]]
-upstream = "svc"
-"#
+        &svc_config(
+            admin,
+            listen,
+            "algorithm = \"weighted_round_robin\"\nmembers = [{ address = \"_http._tcp.svc.test\", discover = true }]",
         ),
     );
     // check-config reports what the name stands for.
